@@ -1,0 +1,96 @@
+"""What differs between engines, behind one small interface.
+
+The writer loop (`safestore._writer`), lock mode (`safestore._locked`) and the readers
+(`safestore._readers`) only talk to a `Backend`; each engine module implements it. The
+engine modules are imported by name when a store of that kind is opened, so SQLite users
+never import ``duckdb``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._requests import Request
+
+__all__ = ["Backend", "Config", "Outcome", "open_backend"]
+
+#: What one request came to: its value, or the exception its caller gets.
+Outcome = tuple[Request, Any, BaseException | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The store's settings that a backend needs to open connections."""
+
+    path: str  # a file path, or ":memory:"
+    durability: str  # "full" | "normal"
+    timeout: float
+    read_only: bool
+    #: True when readers must share the writer connection (an in-memory SQLite database
+    #: cannot be opened twice); the owner then serialises every use with one lock.
+    in_memory: bool
+
+
+class Backend(Protocol):
+    """One engine. Connections are opaque to everything outside the backend module."""
+
+    name: str
+
+    def connect_writer(self) -> Any:
+        """Open the connection all writes go through (also lock mode's only connection)."""
+
+    def connect_reader(self, writer: Any) -> Any:
+        """Open a read-only connection (or cursor) for the calling thread."""
+
+    def close(self, conn: Any) -> None:
+        """Close a connection; never raises."""
+
+    def interrupt(self, conn: Any) -> None:
+        """Abort whatever statement `conn` is running in another thread; never raises."""
+
+    def commit_group(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
+        """Apply `requests` in order and commit them together.
+
+        Called with no transaction open. A request that fails gets its exception in the
+        outcome and leaves no trace; the others commit. If the commit itself fails,
+        raises, and nothing of the group is committed.
+        """
+
+    def begin(self, conn: Any) -> None:
+        """Open a write transaction; waits up to the store timeout for other processes."""
+
+    def commit(self, conn: Any) -> None:
+        """Commit the open transaction (raises if the engine rolled it back instead)."""
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back the open transaction, if any; never raises."""
+
+    def run_script(self, conn: Any, script: str) -> None:
+        """Run a multi-statement SQL script in one transaction (the `setup` script)."""
+
+    def in_transaction(self, conn: Any) -> bool:
+        """Whether a transaction is open on `conn`."""
+
+    def apply(self, conn: Any, request: Request) -> Any:
+        """Execute one request inside the open transaction, without isolation.
+
+        Used inside `transaction()` blocks, where a failing statement fails the block's
+        owner, who decides what to do.
+        """
+
+    def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
+        """Run a read-only statement and return all its rows.
+
+        Raises ReadOnlyError, and changes nothing, if the statement would write.
+        `shared` is True when `conn` is the writer connection (lock mode, in-memory).
+        """
+
+
+def open_backend(name: str, config: Config) -> Backend:
+    """Import the engine module for `name` and build its backend."""
+    module = importlib.import_module(f"{__name__}._{name}")
+    backend: Backend = module.make_backend(config)
+    return backend

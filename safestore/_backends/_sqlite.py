@@ -1,0 +1,414 @@
+"""The SQLite backend, on the standard library's ``sqlite3``.
+
+Connections run with ``isolation_level=None``: safestore issues BEGIN IMMEDIATE /
+COMMIT itself, so every write transaction takes the write lock up front and waits for
+other processes through the busy handler (a deferred transaction that reads and then
+writes gets SQLITE_BUSY at once, ignoring the busy timeout).
+
+Failure isolation inside a group commit uses one SAVEPOINT per request: a request that
+fails is rolled back to its savepoint and the others still commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
+from ..errors import ReadOnlyError, TimeoutError, translate
+from . import Config, Outcome
+
+log = logging.getLogger("safestore")
+
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_LOCKED", 6)}
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+# Authorizer for readers: allow only what a read does. The engine parses the statement
+# and reports every action it would take; anything else (writes, DDL, transaction
+# control, ATTACH - which VACUUM uses) is denied before it runs.
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+}
+# Pragmas that only report; any argument they take names a table or index.
+_INFO_PRAGMAS = {
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "collation_list",
+    "database_list",
+    "function_list",
+    "module_list",
+    "pragma_list",
+    "compile_options",
+}
+# Pragmas that have side effects even without an argument.
+_ACTIVE_PRAGMAS = {"optimize", "wal_checkpoint", "incremental_vacuum", "shrink_memory"}
+
+
+def _read_authorizer(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None
+) -> int:
+    if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
+        name = arg1.lower()
+        if name in _INFO_PRAGMAS or (arg2 is None and name not in _ACTIVE_PRAGMAS):
+            return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, columns: tuple[str, ...], nrows: int, returning: str) -> str:
+    row = "(" + ",".join("?" * len(columns)) + ")"
+    sql = f"INSERT INTO {table} ({','.join(columns)}) VALUES " + ",".join([row] * nrows)
+    return f"{sql} RETURNING {returning}" if returning else sql
+
+
+class SQLiteBackend:
+    """`Backend` for SQLite files and ``:memory:``."""
+
+    name = "sqlite"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        # Writer-thread state (only the thread holding the writer connection touches it):
+        # the last sqlite3_last_insert_rowid seen, to tell whether a statement inserted;
+        # and, per table, the rowid alias to use in RETURNING for merged inserts, or ""
+        # when merged inserts into that table must not be used.
+        self._last_rowid: int | None = None
+        self._returning: dict[str, str] = {}
+        self._max_vars = 999
+
+    # --- connections ---------------------------------------------------------------
+
+    def _connect(self, *, read_only: bool, cached_statements: int = 128) -> sqlite3.Connection:
+        cfg = self.config
+        if cfg.path == ":memory:":
+            target, uri = ":memory:", False
+        elif read_only:
+            url = urllib.parse.quote(str(pathlib.Path(cfg.path).absolute()))
+            target, uri = f"file:{url}?mode=ro", True
+        else:
+            target, uri = cfg.path, False
+        conn = sqlite3.connect(
+            target,
+            timeout=cfg.timeout,
+            isolation_level=None,
+            # Connections are handed between threads (writer to transaction owner, any
+            # thread to close()); every use is serialised by safestore's own locks.
+            check_same_thread=False,
+            cached_statements=cached_statements,
+            uri=uri,
+        )
+        return conn
+
+    def connect_writer(self) -> sqlite3.Connection:
+        cfg = self.config
+        # Lock mode and in-memory stores share this connection between threads, so its
+        # statement cache is off (CPython gh-118172: cached statements shared between
+        # threads' cursors returned wrong rows).
+        conn = self._connect(read_only=cfg.read_only, cached_statements=0 if cfg.in_memory else 128)
+        try:
+            if not cfg.read_only:
+                self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+            sync = "FULL" if cfg.durability == "full" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={sync}")
+            if cfg.read_only:
+                conn.execute("PRAGMA query_only=1")
+            self._max_vars = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def connect_reader(self, writer: Any) -> sqlite3.Connection:
+        conn = self._connect(read_only=self.config.read_only)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            conn.set_authorizer(_read_authorizer)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception as exc:  # closing must not mask the reason we are closing
+            log.warning("closing a SQLite connection failed: %s", exc)
+
+    def interrupt(self, conn: Any) -> None:
+        try:
+            conn.interrupt()
+        except Exception:  # already closed: nothing to interrupt
+            pass
+
+    # --- transactions ----------------------------------------------------------------
+
+    def _retry_busy(self, fn: Any) -> Any:
+        """Call `fn`, retrying while another process holds the lock, up to the timeout.
+
+        The busy handler (``timeout=`` on connect) already waits inside SQLite; this loop
+        covers the cases where SQLite returns SQLITE_BUSY without calling it (WAL
+        recovery, a deadlock it detects). Past the store's timeout the wait ends in
+        safestore.TimeoutError, chained to the engine's error.
+        """
+        deadline = time.monotonic() + self.config.timeout
+        pause = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"the database file stayed locked by another connection for "
+                        f"{self.config.timeout:.1f}s: {exc}"
+                    ) from translate(exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+
+    def begin(self, conn: Any) -> None:
+        self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+    def commit(self, conn: Any) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except Exception as exc:
+            log.warning("ROLLBACK failed: %s", exc)
+
+    def run_script(self, conn: Any, script: str) -> None:
+        # executescript() commits any open transaction before it starts, so the
+        # transaction is part of the script; a failure leaves it open: roll back.
+        try:
+            self._retry_busy(lambda: conn.executescript(f"BEGIN IMMEDIATE;\n{script}\n;COMMIT;"))
+        except BaseException:
+            self.rollback(conn)
+            raise
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_transaction)
+
+    # --- group commit ----------------------------------------------------------------
+
+    def commit_group(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
+        self.begin(conn)
+        try:
+            outcomes: list[Outcome] = []
+            i, n = 0, len(requests)
+            while i < n:
+                req = requests[i]
+                if isinstance(req, Insert):
+                    j = i + 1
+                    while (
+                        j < n
+                        and isinstance(nxt := requests[j], Insert)
+                        and nxt.table == req.table
+                        and nxt.columns == req.columns
+                    ):
+                        j += 1
+                    outcomes.extend(self._insert_run(conn, requests[i:j]))  # type: ignore[arg-type]
+                    i = j
+                    continue
+                outcomes.append(self._isolated(conn, req))
+                i += 1
+            self.commit(conn)
+        except BaseException:
+            self.rollback(conn)
+            raise
+        return outcomes
+
+    def _isolated(self, conn: Any, req: Request) -> Outcome:
+        """Apply one request inside its own savepoint."""
+        if isinstance(req, Flush):
+            return (req, None, None)
+        conn.execute("SAVEPOINT safestore_req")
+        try:
+            value = self.apply(conn, req)
+        except Exception as exc:
+            if not conn.in_transaction:  # the engine already rolled everything back
+                raise
+            conn.execute("ROLLBACK TO safestore_req")
+            conn.execute("RELEASE safestore_req")
+            return (req, None, translate(exc))
+        if not conn.in_transaction:
+            # A run() function committed or rolled back on its own, ending the group's
+            # transaction; open a new one for the requests after it.
+            log.warning("a run() function ended the write transaction itself; do not commit in it")
+            self.begin(conn)
+        else:
+            conn.execute("RELEASE safestore_req")
+        return (req, value, None)
+
+    def _insert_run(self, conn: Any, run: Sequence[Insert]) -> list[Outcome]:
+        """Insert consecutive requests for one table with as few statements as possible."""
+        if len(run) == 1:
+            return [self._isolated(conn, run[0])]
+        table = run[0].table
+        returning = self._returning_for(conn, table)
+        if not returning:
+            return [self._isolated(conn, req) for req in run]
+        conn.execute("SAVEPOINT safestore_merge")
+        try:
+            last_ids = self._merged_insert(conn, run, returning)
+        except Exception:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO safestore_merge")
+            conn.execute("RELEASE safestore_merge")
+            # Find the failing request(s): each alone, in its own savepoint.
+            outcomes = [self._isolated(conn, req) for req in run]
+            if all(exc is None for _, _, exc in outcomes):
+                # Every row was fine on its own, so the merged statement itself cannot
+                # work on this table (WITHOUT ROWID, a view): stop merging into it.
+                self._returning[table] = ""
+            return outcomes
+        conn.execute("RELEASE safestore_merge")
+        return [(req, Result(len(req.rows), rid), None) for req, rid in zip(run, last_ids)]
+
+    def _returning_for(self, conn: Any, table: str) -> str:
+        """Pick a rowid alias that no column of `table` shadows ("" if none or too old)."""
+        cached = self._returning.get(table)
+        if cached is not None:
+            return cached
+        alias = ""
+        if _RETURNING:
+            raw = table[1:-1].replace('""', '"')
+            names = {r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))}
+            alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), "")
+        self._returning[table] = alias
+        return alias
+
+    def _merged_insert(self, conn: Any, run: Sequence[Insert], returning: str) -> list[int | None]:
+        """One multi-row INSERT per chunk of rows; returns each request's last rowid.
+
+        RETURNING yields one rowid per inserted row, in insertion order, so the rowid of
+        a request's last row is at the running offset of that request's rows.
+        """
+        first = run[0]
+        ncols = len(first.columns)
+        per_stmt = max(1, self._max_vars // ncols)
+        ids: list[Any] = []
+        pending: list[Any] = []
+        pending_rows = 0
+
+        def flush_chunk() -> None:
+            nonlocal pending, pending_rows
+            sql = _insert_sql(first.table, first.columns, pending_rows, returning)
+            ids.extend(r[0] for r in conn.execute(sql, pending).fetchall())
+            pending, pending_rows = [], 0
+
+        for req in run:
+            for row in req.rows:
+                pending.extend(row)
+                pending_rows += 1
+                if pending_rows == per_stmt:
+                    flush_chunk()
+        if pending_rows:
+            flush_chunk()
+        result: list[int | None] = []
+        offset = 0
+        for req in run:
+            offset += len(req.rows)
+            result.append(ids[offset - 1] if len(ids) >= offset else None)
+        self._last_rowid = result[-1]
+        return result
+
+    # --- single requests -------------------------------------------------------------
+
+    def apply(self, conn: Any, request: Request) -> Any:
+        if isinstance(request, Insert):
+            return self._insert_alone(conn, request)
+        if isinstance(request, Execute):
+            self._returning.clear()  # the statement may change the schema
+            cur = conn.execute(request.sql, request.params)
+            try:
+                rows = cur.fetchall()
+                rowid = cur.lastrowid
+                lastrowid = rowid if rowid != self._last_rowid and rowid else None
+                self._last_rowid = rowid
+                return Result(cur.rowcount, lastrowid, rows)
+            finally:
+                cur.close()
+        if isinstance(request, ExecuteMany):
+            self._returning.clear()
+            cur = conn.executemany(request.sql, request.seq_of_params)
+            try:
+                self._last_rowid = cur.lastrowid
+                return Result(cur.rowcount, None, [])
+            finally:
+                cur.close()
+        if isinstance(request, Run):
+            self._returning.clear()
+            return request.fn(conn, *request.args, **request.kwargs)
+        if isinstance(request, Flush):
+            return None
+        raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
+
+    def _insert_alone(self, conn: Any, req: Insert) -> Result:
+        ncols = len(req.columns)
+        per_stmt = max(1, self._max_vars // ncols)
+        rows = req.rows
+        cur = None
+        for start in range(0, len(rows), per_stmt):
+            chunk = rows[start : start + per_stmt]
+            sql = _insert_sql(req.table, req.columns, len(chunk), "")
+            cur = conn.execute(sql, [v for row in chunk for v in row])
+        assert cur is not None  # build_insert refuses empty inserts
+        self._last_rowid = cur.lastrowid
+        return Result(len(rows), cur.lastrowid or None)
+
+    # --- reads -----------------------------------------------------------------------
+
+    def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
+        if shared:
+            # The writer connection: make it read-only for the length of this call. The
+            # caller holds the lock that serialises every use of this connection.
+            conn.execute("PRAGMA query_only=1")
+            conn.set_authorizer(_read_authorizer)
+        try:
+            cur = conn.execute(sql, params)
+            try:
+                # fetchall() runs the statement to completion, so its implicit read
+                # transaction ends here: no snapshot is held between calls.
+                return cur.fetchall()  # type: ignore[no-any-return]
+            finally:
+                cur.close()
+        except sqlite3.DatabaseError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH):
+                raise ReadOnlyError(
+                    f"query() runs read-only statements; this one would change the "
+                    f"database ({exc}): {sql[:200]!r}"
+                ) from translate(exc)
+            raise
+        finally:
+            if shared:
+                conn.set_authorizer(None)
+                conn.execute("PRAGMA query_only=0")
+
+
+def make_backend(config: Config) -> SQLiteBackend:
+    """Entry point used by `open_backend`."""
+    return SQLiteBackend(config)

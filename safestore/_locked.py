@@ -1,0 +1,118 @@
+"""Lock mode: one connection, one `threading.RLock` held for every use, no thread.
+
+The simple fallback. Each write call takes the lock (waiting at most `timeout`), runs in
+its own transaction on the calling thread and commits before the lock is released.
+Reads take the same lock: sharing a SQLite connection between threads without holding
+a lock for every use, reads included, returns wrong rows or crashes (FACTS.md). A
+`transaction()` block holds the lock from start to end, so a thread's reads inside its
+own block see its uncommitted writes. The lock is reentrant only so that a thread's
+reads inside its own transaction do not deadlock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from ._backends import Backend
+from ._requests import Request, TxSession
+from .errors import StoreClosedError, TimeoutError, translate
+from ._writer import Counters
+
+
+class LockEngine:
+    """Runs every call on the caller's thread under one lock; same interface as QueueEngine."""
+
+    def __init__(self, backend: Backend, conn: Any, *, timeout: float) -> None:
+        self.backend = backend
+        self.conn = conn
+        self.timeout = timeout
+        #: Held for every use of `conn`. Invariant: whoever holds it may use `conn`;
+        #: `closed` is read and written under it.
+        self.lock = threading.RLock()
+        self.closed = False
+        self.counters = Counters()
+        self._accept_lock = threading.Lock()  # guards counters.accepted
+
+    def acquire(self, deadline: float) -> None:
+        """Take the lock by `deadline` or raise TimeoutError; raise if closed."""
+        if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(
+                f"the store's lock stayed held by another thread for {self.timeout:.1f}s"
+            )
+        if self.closed:
+            self.lock.release()
+            raise StoreClosedError("the store is closed")
+
+    def submit(self, req: Request, deadline: float) -> Future[Any]:
+        """Execute `req` now, in its own transaction; return an already-resolved future."""
+        self.acquire(deadline)
+        try:
+            if req.is_write:
+                with self._accept_lock:
+                    self.counters.accepted += 1
+            req.future.set_running_or_notify_cancel()
+            counters = self.counters
+            if not req.is_write:
+                req.future.set_result(None)
+                return req.future
+            try:
+                ((_, value, error),) = self.backend.commit_group(self.conn, [req])
+            except Exception as exc:
+                counters.failed += 1
+                req.future.set_exception(translate(exc))
+                return req.future
+            counters.commits += 1
+            counters.largest_batch = max(counters.largest_batch, 1)
+            if error is None:
+                counters.committed += 1
+                req.future.set_result(value)
+            else:
+                counters.failed += 1
+                req.future.set_exception(error)
+            return req.future
+        finally:
+            self.lock.release()
+
+    def begin_session(self, session: TxSession, deadline: float) -> None:
+        """Take the lock for the length of a transaction block and begin it."""
+        self.acquire(deadline)
+        try:
+            self.backend.begin(self.conn)
+        except BaseException:
+            self.lock.release()
+            raise
+        session.future.set_running_or_notify_cancel()
+        session.conn = self.conn
+        # Lock mode has no writer to expire an idle transaction: other threads simply
+        # time out waiting for the lock.
+        session.idle_timeout = float("inf")
+        session.granted.set()
+
+    def end_session(self, session: TxSession) -> None:
+        session.done.set()
+        session.conn = None
+        if not session.future.done():
+            session.future.set_result(None)
+        self.lock.release()
+
+    def flush(self, deadline: float) -> None:
+        """Nothing is ever pending in lock mode; only waits for a running call."""
+        self.acquire(deadline)
+        self.lock.release()
+
+    def close(self, timeout: float | None) -> None:
+        """Wait for the call in progress, then close the connection."""
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"a call still held the store's lock after {timeout:.1f}s")
+        try:
+            if not self.closed:
+                self.closed = True
+                self.backend.close(self.conn)
+        finally:
+            self.lock.release()
+
+    def queue_depth(self) -> int:
+        return 0

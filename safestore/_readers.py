@@ -1,0 +1,128 @@
+"""Reads on the calling thread: one read connection per thread, or the shared one.
+
+Each thread that reads gets its own connection (SQLite) or cursor (DuckDB), created on
+first use and kept in a `threading.local`, so reads never queue behind writes and never
+share a connection between threads. A registry keeps every connection so that `close()`
+reaches all of them, including other threads', and so that connections of threads that
+have ended are closed (at the next new connection and at close; a connection is only
+closed while holding its `use` lock, after interrupting any statement it runs).
+
+When readers must share the writer connection (lock mode, in-memory SQLite), every read
+takes the given `shared_lock` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any
+
+from ._backends import Backend
+from .errors import StoreClosedError, TimeoutError
+
+log = logging.getLogger("safestore")
+
+
+class _Entry:
+    """One thread's read connection. `use` is held while a statement runs on it."""
+
+    __slots__ = ("closed", "conn", "thread", "use")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.thread = weakref.ref(threading.current_thread())
+        self.use = threading.Lock()
+        self.closed = False
+
+    def thread_alive(self) -> bool:
+        thread = self.thread()
+        return thread is not None and thread.is_alive()
+
+
+class Readers:
+    """Serves `read()` calls on per-thread connections (or one shared connection)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        writer_conn: Any,
+        *,
+        timeout: float,
+        shared_lock: threading.Lock | threading.RLock | None = None,
+    ) -> None:
+        self.backend = backend
+        self.writer_conn = writer_conn
+        self.timeout = timeout
+        self.shared_lock = shared_lock
+        self._local = threading.local()
+        # Guards `_entries` and `_closed`. Never held while a statement runs.
+        self._lock = threading.Lock()
+        self._entries: list[_Entry] = []
+        self._closed = False
+
+    def read(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        """Run a read-only statement on this thread's connection. Thread-safe."""
+        if self.shared_lock is not None:
+            return self._read_shared(sql, params)
+        entry: _Entry | None = getattr(self._local, "entry", None)
+        if entry is None or entry.closed:
+            entry = self._open()
+        with entry.use:
+            if entry.closed:
+                raise StoreClosedError("the store is closed")
+            return self.backend.read(entry.conn, sql, params, shared=False)
+
+    def _read_shared(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        assert self.shared_lock is not None
+        if not self.shared_lock.acquire(timeout=self.timeout):
+            raise TimeoutError(
+                f"the store's connection stayed busy with writes for {self.timeout:.1f}s"
+            )
+        try:
+            if self._closed:
+                raise StoreClosedError("the store is closed")
+            return self.backend.read(self.writer_conn, sql, params, shared=True)
+        finally:
+            self.shared_lock.release()
+
+    def _open(self) -> _Entry:
+        entry = _Entry(self.backend.connect_reader(self.writer_conn))
+        with self._lock:
+            if self._closed:
+                self.backend.close(entry.conn)
+                raise StoreClosedError("the store is closed")
+            dead = [e for e in self._entries if not e.thread_alive()]
+            self._entries = [e for e in self._entries if e.thread_alive()]
+            self._entries.append(entry)
+        self._local.entry = entry
+        for e in dead:
+            self._close_entry(e)
+        return entry
+
+    def _close_entry(self, entry: _Entry) -> None:
+        # Interrupt first so a long statement in another thread ends quickly, then take
+        # its `use` lock so we never close a connection while a statement runs on it.
+        self.backend.interrupt(entry.conn)
+        if not entry.use.acquire(timeout=self.timeout):
+            log.warning("a read connection stayed busy for %.1fs; left open", self.timeout)
+            return
+        try:
+            if not entry.closed:
+                entry.closed = True
+                self.backend.close(entry.conn)
+        finally:
+            entry.use.release()
+
+    def open_count(self) -> int:
+        """How many read connections are open (for tests and stats)."""
+        with self._lock:
+            return sum(1 for e in self._entries if not e.closed)
+
+    def close(self) -> None:
+        """Close every read connection, other threads' included. Idempotent."""
+        with self._lock:
+            self._closed = True
+            entries, self._entries = self._entries, []
+        for entry in entries:
+            self._close_entry(entry)

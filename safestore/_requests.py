@@ -1,0 +1,213 @@
+"""Requests carried from callers to the writer, and the `Result` they produce.
+
+Every request owns one `concurrent.futures.Future`. Whoever executes the request (the
+writer thread in queue mode, the calling thread in lock mode) sets that future's result
+or exception exactly once; the caller waits on it with a bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ProgrammingError
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one write call.
+
+    Attributes:
+        rowcount: rows changed by the call, or -1 where the engine does not know.
+        lastrowid: rowid of the last row inserted by the call, or None.
+        rows: the rows of a ``RETURNING`` clause, else an empty list.
+    """
+
+    rowcount: int
+    lastrowid: int | None = None
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+Result.__module__ = "safestore"
+
+
+class Request:
+    """Base of everything the writer executes. `future` is resolved exactly once."""
+
+    __slots__ = ("future",)
+
+    #: True for requests that change the database (counted in stats); False for markers.
+    is_write = True
+
+    def __init__(self) -> None:
+        self.future: Future[Any] = Future()
+
+
+class Insert(Request):
+    """Insert `rows` (tuples in `columns` order) into `table`. Names are already quoted."""
+
+    __slots__ = ("columns", "rows", "table")
+
+    def __init__(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.table = table
+        self.columns = columns
+        self.rows = rows
+
+
+class Execute(Request):
+    """One SQL statement with its parameters."""
+
+    __slots__ = ("params", "sql")
+
+    def __init__(self, sql: str, params: Any) -> None:
+        super().__init__()
+        self.sql = sql
+        self.params = params
+
+
+class ExecuteMany(Request):
+    """One SQL statement run for each parameter set; `rowcount` is summed."""
+
+    __slots__ = ("seq_of_params", "sql")
+
+    def __init__(self, sql: str, seq_of_params: list[Any]) -> None:
+        super().__init__()
+        self.sql = sql
+        self.seq_of_params = seq_of_params
+
+
+class Run(Request):
+    """A user function called as ``fn(conn, *args, **kwargs)`` inside the write transaction."""
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        super().__init__()
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+class Flush(Request):
+    """A marker: resolved once everything queued before it has committed or failed."""
+
+    __slots__ = ()
+    is_write = False
+
+
+class TxSession(Request):
+    """A `transaction()` block waiting for, then holding, the writer connection.
+
+    Handover protocol (queue mode). The writer, on reaching this request, commits what
+    came before it, begins a write transaction and sets `granted`. From then on the
+    owning thread uses the writer connection directly while the writer waits for
+    `done`. `lock` serialises the two threads' use of the session: the owner holds it
+    for each statement and for commit/rollback; the writer takes it to expire an idle
+    session. `future` resolves when the session has ended.
+
+    Races and how they end:
+    - The owner gives up waiting for the grant (timeout) just as the writer grants it:
+      both sides decide under `lock`; the owner sets `abandoned` only if `granted` is
+      not yet set, and the writer, after beginning, checks `abandoned` under `lock` and
+      rolls back.
+    - The session idles past `idle_timeout`: the writer, under `lock`, rolls back and
+      sets `expired`; the owner's next call sees it under `lock` and raises.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "conn",
+        "done",
+        "error",
+        "expired",
+        "granted",
+        "idle_timeout",
+        "last_used",
+        "lock",
+    )
+    is_write = False
+
+    def __init__(self, idle_timeout: float) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.granted = threading.Event()
+        self.done = threading.Event()
+        self.conn: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.expired = False
+        self.idle_timeout = idle_timeout
+        self.last_used = time.monotonic()
+
+    def fail(self, exc: BaseException) -> None:
+        """Refuse the session (writer died or closed) and wake its owner."""
+        with self.lock:
+            self.error = exc
+            self.granted.set()
+            self.done.set()
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+# --- argument checking for insert(), done on the caller's thread -----------------------
+
+
+def quote_identifier(name: object, what: str) -> str:
+    """Validate a table or column name and return it double-quoted for SQL.
+
+    Any non-empty string without a NUL character is a valid SQL identifier once quoted
+    (embedded double quotes are doubled), so nothing a user passes can escape the quotes.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise ProgrammingError(f"{what} must not be empty")
+    if "\x00" in name:
+        raise ProgrammingError(f"{what} {name!r} contains a NUL character")
+    if len(name) > 1000:
+        raise ProgrammingError(f"{what} is {len(name)} characters long (at most 1000)")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ProgrammingError(f"{what} {name!r} is not valid UTF-8 text") from exc
+    return '"' + name.replace('"', '""') + '"'
+
+
+def build_insert(table: object, row_or_rows: object) -> Insert:
+    """Check `insert()`'s arguments and build the request (rows as tuples)."""
+    quoted_table = quote_identifier(table, "table name")
+    if isinstance(row_or_rows, Mapping):
+        rows: Sequence[object] = (row_or_rows,)
+    elif isinstance(row_or_rows, Sequence) and not isinstance(row_or_rows, str | bytes):
+        rows = row_or_rows
+    else:
+        raise TypeError(
+            "insert() takes one mapping or a sequence of mappings, "
+            f"not {type(row_or_rows).__name__}"
+        )
+    if not rows:
+        raise ProgrammingError(f"insert() into {table!r} got no rows")
+    first = rows[0]
+    if not isinstance(first, Mapping):
+        raise TypeError(f"row 0 of insert() is a {type(first).__name__}, not a mapping")
+    keys = tuple(first)
+    if not keys:
+        raise ProgrammingError(f"row 0 of insert() into {table!r} has no columns")
+    columns = tuple(quote_identifier(k, "column name") for k in keys)
+    key_set = set(keys)
+    values: list[tuple[Any, ...]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"row {i} of insert() is a {type(row).__name__}, not a mapping")
+        if len(row) != len(keys) or (i and row.keys() != key_set):
+            raise ProgrammingError(
+                f"row {i} of insert() into {table!r} has keys {sorted(map(str, row))}, "
+                f"row 0 has {sorted(map(str, keys))}: every row needs the same keys"
+            )
+        values.append(tuple(row[k] for k in keys))
+    return Insert(quoted_table, columns, values)

@@ -1,0 +1,463 @@
+"""`Store`: the facade users share between threads.
+
+It checks arguments, opens the backend, picks the mode (a `QueueEngine` with its writer
+thread, or a `LockEngine`), and owns the lifecycle: close, flush, `with`, the atexit
+hook, the finalizer of a forgotten store, and fork detection. No SQL lives here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from ._backends import Backend, Config, open_backend
+from ._locked import LockEngine
+from ._readers import Readers
+from ._requests import Execute, ExecuteMany, Request, Result, Run, TxSession, build_insert
+from ._transaction import Transaction
+from ._writer import QueueEngine, wait_result
+from .errors import ReadOnlyError, StoreClosedError, StoreError, translate
+
+T = TypeVar("T")
+Params = Sequence[Any] | Mapping[str, Any]
+
+_DUCKDB_SUFFIXES = (".duckdb", ".ddb")
+_SCHEMES = {"sqlite": "sqlite", "sqlite3": "sqlite", "duckdb": "duckdb"}
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of a store's counters.
+
+    Attributes:
+        writes_accepted: write calls accepted (queued, or run in lock mode).
+        writes_committed: write calls whose work committed.
+        writes_failed: write calls that raised (their own error or a failed commit).
+        commits: transactions committed (one per group commit in queue mode).
+        largest_batch: most write calls committed by one transaction.
+        queue_depth: requests waiting for the writer right now.
+        read_connections: open per-thread read connections.
+    """
+
+    writes_accepted: int
+    writes_committed: int
+    writes_failed: int
+    commits: int
+    largest_batch: int
+    queue_depth: int
+    read_connections: int
+
+
+Stats.__module__ = "safestore"
+
+
+def _resolve_target(target: object, backend: object) -> tuple[str, str]:
+    """Return (backend name, path) for a target and an optional explicit backend."""
+    if not isinstance(target, str | os.PathLike):
+        raise TypeError(f"target must be a str or os.PathLike, not {type(target).__name__}")
+    text = os.fspath(target)
+    if isinstance(text, bytes):
+        raise TypeError("target must be a text path, not bytes")
+    if not text:
+        raise ValueError("target must not be empty (use ':memory:' for an in-memory database)")
+    scheme_backend = None
+    if "://" in text and isinstance(target, str):
+        scheme, _, rest = text.partition("://")
+        scheme_backend = _SCHEMES.get(scheme.lower())
+        if scheme_backend is None:
+            raise ValueError(
+                f"unknown URL scheme {scheme!r} in {text!r}; use sqlite:/// or duckdb:///"
+            )
+        if not rest.startswith("/") or rest == "/":
+            raise ValueError(f"{text!r}: a URL target is {scheme}:///relative/path or {scheme}:////absolute")
+        text = rest[1:]
+    if backend is not None and backend not in ("sqlite", "duckdb"):
+        raise ValueError(f"backend must be 'sqlite', 'duckdb' or None, not {backend!r}")
+    if backend is not None and scheme_backend is not None and backend != scheme_backend:
+        raise ValueError(f"backend={backend!r} contradicts the URL scheme of {target!r}")
+    name = backend or scheme_backend
+    if name is None:
+        name = "duckdb" if text.lower().endswith(_DUCKDB_SUFFIXES) else "sqlite"
+    if "\x00" in text:
+        raise ValueError("target contains a NUL character")
+    return str(name), text
+
+
+def _check_timeout(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{what} must be a positive finite number of seconds, not {value!r}")
+    return float(value)
+
+
+class Store:
+    """One database shared safely by any number of threads.
+
+    Writes go to one writer thread that commits many callers' writes together
+    (``mode="queue"``), or run under one lock (``mode="lock"``). Reads run on the
+    calling thread. Every method is thread-safe; see docs/api.md for the full contract.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        backend: Literal["sqlite", "duckdb"] | None = None,
+        mode: Literal["queue", "lock"] = "queue",
+        durability: Literal["full", "normal"] = "full",
+        timeout: float = 30.0,
+        max_queue: int = 10_000,
+        setup: str | Callable[[Any], object] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        name, path = _resolve_target(target, backend)
+        if mode not in ("queue", "lock"):
+            raise ValueError(f"mode must be 'queue' or 'lock', not {mode!r}")
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        self._timeout = _check_timeout(timeout, "timeout")
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be a positive int, not {max_queue!r}")
+        if setup is not None and not (isinstance(setup, str) or callable(setup)):
+            raise TypeError(f"setup must be an SQL script, a callable or None, not {type(setup).__name__}")
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be a bool, not {type(read_only).__name__}")
+        if read_only and setup is not None:
+            raise ValueError("setup cannot run on a read_only store (it would write)")
+
+        self._backend_name = name
+        self._mode = mode
+        self._path = path
+        self._read_only = read_only
+        self._pid = os.getpid()
+        self._closed = False
+        self._lock = threading.Lock()  # guards _closed
+        self._tx_local = threading.local()  # .active: this thread has an open transaction()
+        in_memory = name == "sqlite" and path == ":memory:"
+        self._engine_backend: Backend = open_backend(
+            name, Config(path, durability, self._timeout, read_only, in_memory)
+        )
+        backend_obj = self._engine_backend
+        try:
+            conn = backend_obj.connect_writer()
+        except Exception as exc:
+            raise _engine_error(exc) from exc.__cause__
+        try:
+            if setup is not None:
+                _run_setup(backend_obj, conn, setup)
+        except BaseException as exc:
+            backend_obj.close(conn)
+            if isinstance(exc, Exception):
+                raise _engine_error(exc) from exc.__cause__
+            raise
+
+        self._engine: QueueEngine | LockEngine
+        if mode == "queue" and not read_only:
+            conn_lock = threading.Lock() if in_memory else None
+            self._engine = QueueEngine(
+                backend_obj,
+                conn,
+                name=f"safestore-writer-{os.path.basename(path) or path}",
+                timeout=self._timeout,
+                max_queue=max_queue,
+                conn_lock=conn_lock,
+            )
+            self._readers = Readers(backend_obj, conn, timeout=self._timeout, shared_lock=conn_lock)
+        else:
+            self._engine = LockEngine(backend_obj, conn, timeout=self._timeout)
+            shared = self._engine.lock if mode == "lock" else None
+            self._readers = Readers(backend_obj, conn, timeout=self._timeout, shared_lock=shared)
+
+        # A forgotten store: the finalizer holds the engine and readers, never `self`.
+        self._finalizer = weakref.finalize(
+            self, _finalize_unclosed, self._engine, self._readers, repr(self)
+        )
+        self._finalizer.atexit = False  # exit is handled by _close_all_at_exit, silently
+        _live.add(self)
+
+    # --- attributes ---------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"duckdb"``."""
+        return self._backend_name
+
+    @property
+    def mode(self) -> str:
+        """``"queue"`` or ``"lock"``."""
+        return self._mode
+
+    @property
+    def path(self) -> str:
+        """The database file path, or ``":memory:"``."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` has been called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<safestore.Store {self._backend_name} {self._path!r} mode={self._mode} {state}>"
+
+    # --- writes -------------------------------------------------------------------------
+
+    def _submit(self, req: Request, wait: bool) -> Any:
+        self._check_usable()
+        if getattr(self._tx_local, "active", False):
+            raise StoreError(
+                "this thread has an open transaction(): write through the `tx` object "
+                "(a store write here would wait for the transaction to end: a deadlock)"
+            )
+        if self._read_only:
+            raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
+        deadline = time.monotonic() + self._timeout
+        fut = self._engine.submit(req, deadline)
+        if not wait:
+            return fut
+        return wait_result(fut, deadline, self._timeout)
+
+    def insert(self, table: str, row_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, wait: bool = True) -> Any:
+        """Insert one row (a mapping) or many rows (mappings with the same keys).
+
+        Names are validated and quoted; values are bound as parameters. Thread-safe.
+        Blocks until committed or `timeout` (returns a Future with ``wait=False``).
+
+        Returns:
+            `Result` with ``rowcount`` = rows inserted and ``lastrowid`` of the last row.
+        """
+        return self._submit(build_insert(table, row_or_rows), wait)
+
+    def execute(self, sql: str, params: Params = (), *, wait: bool = True) -> Any:
+        """Run one write statement on the writer. Thread-safe; blocks until committed."""
+        _check_sql(sql)
+        return self._submit(Execute(sql, params), wait)
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Params], *, wait: bool = True) -> Any:
+        """Run one statement for every parameter set, atomically; `rowcount` is summed."""
+        _check_sql(sql)
+        return self._submit(ExecuteMany(sql, list(seq_of_params)), wait)
+
+    def run(self, fn: Callable[..., T], /, *args: Any, wait: bool = True, **kwargs: Any) -> Any:
+        """Call ``fn(conn, *args, **kwargs)`` on the writer inside one transaction.
+
+        `conn` is the raw engine connection; do not commit or roll back in `fn`. If `fn`
+        raises, its work is rolled back and the exception reaches the caller.
+        """
+        if not callable(fn):
+            raise TypeError(f"run() needs a callable, not {type(fn).__name__}")
+        return self._submit(Run(fn, args, kwargs), wait)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement on the calling thread and return all rows.
+
+        Never queued behind writes. Raises `ReadOnlyError` (changing nothing) if the
+        statement would write. Thread-safe.
+        """
+        self._check_usable()
+        _check_sql(sql)
+        try:
+            return self._readers.read(sql, params)
+        except Exception as exc:
+            raise _engine_error(exc) from exc.__cause__
+
+    def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """Like `query` but return only the first row, or None."""
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    # --- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Run several statements atomically: ``with store.transaction() as tx: ...``.
+
+        Commits when the block exits normally; rolls back if it raises. While the block
+        is open, other threads' writes wait in the queue. Blocks until the writer can
+        start it, at most `timeout`.
+        """
+        self._check_usable()
+        if self._read_only:
+            raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
+        if getattr(self._tx_local, "active", False):
+            raise StoreError("transactions do not nest: this thread already has one open")
+        session = TxSession(self._timeout)
+        deadline = time.monotonic() + self._timeout
+        try:
+            self._engine.begin_session(session, deadline)
+        except Exception as exc:
+            raise _engine_error(exc) from exc.__cause__
+        tx = Transaction(self._engine_backend, session)
+        self._tx_local.active = True
+        try:
+            try:
+                yield tx
+            except BaseException:
+                tx._rollback()
+                raise
+            tx._commit()
+            self._record_tx(tx.writes)
+        finally:
+            self._tx_local.active = False
+            self._engine.end_session(session)
+
+    def _record_tx(self, writes: int) -> None:
+        counters = self._engine.counters if isinstance(self._engine, LockEngine) else self._engine.state.counters
+        counters.commits += 1
+        counters.committed += writes
+        counters.largest_batch = max(counters.largest_batch, writes)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every write accepted before this call has committed or failed.
+
+        Blocks at most `timeout` seconds (default: the store's timeout).
+        """
+        self._check_usable()
+        limit = self._timeout if timeout is None else _check_timeout(timeout, "timeout")
+        if self._read_only:
+            return
+        self._engine.flush(time.monotonic() + limit)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit everything accepted, stop the writer, close every connection.
+
+        Idempotent. Later calls raise `StoreClosedError`. With `timeout`, raises
+        `TimeoutError` if the writer has not finished by then (it goes on committing in
+        the background); by default waits until it has.
+        """
+        if timeout is not None:
+            _check_timeout(timeout, "timeout")
+        if self._forked():
+            raise StoreError("this store belongs to the parent process; open a new Store after fork()")
+        with self._lock:
+            self._closed = True
+        self._finalizer.detach()
+        _live.discard(self)
+        self._readers.close()
+        self._engine.close(timeout)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stats(self) -> Stats:
+        """A snapshot of the store's counters. Thread-safe; never blocks on writes."""
+        engine = self._engine
+        counters = engine.counters if isinstance(engine, LockEngine) else engine.state.counters
+        return Stats(
+            writes_accepted=counters.accepted,
+            writes_committed=counters.committed,
+            writes_failed=counters.failed,
+            commits=counters.commits,
+            largest_batch=counters.largest_batch,
+            queue_depth=engine.queue_depth(),
+            read_connections=self._readers.open_count(),
+        )
+
+    # --- guards -------------------------------------------------------------------------
+
+    def _forked(self) -> bool:
+        return self._pid != os.getpid()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self!r} is closed")
+        if self._forked():
+            raise StoreError(
+                "this Store was opened in the parent process and cannot be used after "
+                "fork(); open a new Store in the child"
+            )
+
+
+Store.__module__ = "safestore"
+
+
+def _check_sql(sql: object) -> None:
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be a str, not {type(sql).__name__}")
+
+
+def _engine_error(exc: BaseException) -> BaseException:
+    return translate(exc)
+
+
+def _run_setup(backend: Backend, conn: Any, setup: str | Callable[[Any], object]) -> None:
+    """Run the `setup` script or callable once, in one transaction, at open."""
+    if isinstance(setup, str):
+        backend.run_script(conn, setup)
+        return
+    req = Run(setup, (), {})
+    ((_, _, error),) = backend.commit_group(conn, [req])
+    if error is not None:
+        raise error
+
+
+def _finalize_unclosed(engine: QueueEngine | LockEngine, readers: Readers, name: str) -> None:
+    """Called when an unclosed store is garbage-collected: warn, then close it."""
+    if _in_forked_child(engine):
+        return
+    warnings.warn(f"{name} was never closed; closing it now", ResourceWarning, stacklevel=2)
+    readers.close()
+    engine.close(None)
+
+
+def _in_forked_child(engine: QueueEngine | LockEngine) -> bool:
+    return engine in _orphaned_engines
+
+
+# --- process-wide lifecycle: exit and fork --------------------------------------------
+
+# Every open store. Weak, so it never keeps a forgotten store alive.
+_live: weakref.WeakSet[Store] = weakref.WeakSet()
+# Engines inherited by a forked child. Kept referenced for the child's whole life so
+# their connections are never closed (or checkpointed) there: closing a SQLite
+# connection in the child could delete the parent's WAL under it.
+_orphaned_engines: list[Any] = []
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Commit every accepted write of every store still open at interpreter exit.
+
+    Runs after non-daemon threads have been joined and before modules are torn down,
+    so the writer threads (daemons) are still alive to drain their queues.
+    """
+    for store in list(_live):
+        try:
+            if not store._forked():
+                store.close()
+        except Exception:  # keep closing the others
+            import logging
+
+            logging.getLogger("safestore").exception("closing %r at exit failed", store)
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_live):
+        _orphaned_engines.append(store._engine)
+        _orphaned_engines.append(store._readers)
+        store._finalizer.detach()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+

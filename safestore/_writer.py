@@ -1,0 +1,375 @@
+"""Queue mode: one writer thread per store, group commit.
+
+Callers put requests on an unbounded `queue.SimpleQueue`; a semaphore with `max_queue`
+permits bounds how many are waiting (backpressure without ever blocking while holding a
+lock). The writer takes whatever is queued, up to `MAX_BATCH` requests, and commits it
+as one transaction through the backend. Every request's future is resolved only after
+the COMMIT that carries it (or with the error that its own request raised).
+
+The writer thread receives the shared `_State`, the backend and the connection, never
+the `Store`, so a store that the user forgets can be garbage-collected (its finalizer
+then stops the writer).
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from ._backends import Backend
+from ._requests import Request, TxSession
+from .errors import StoreClosedError, StoreError, TimeoutError, translate
+
+log = logging.getLogger("safestore")
+
+#: Most requests one group commit takes off the queue (bounds a batch's latency).
+MAX_BATCH = 5000
+
+
+class _Stop(enum.Enum):
+    """The marker that tells the writer to finish what is queued and exit."""
+
+    STOP = enum.auto()
+
+
+STOP = _Stop.STOP
+Item = Request | _Stop
+
+
+class Counters:
+    """Statistics. Writer-only fields are written by one thread; `accepted` under a lock."""
+
+    __slots__ = ("accepted", "commits", "committed", "failed", "largest_batch")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.committed = 0
+        self.failed = 0
+        self.commits = 0
+        self.largest_batch = 0
+
+
+class _State:
+    """What the callers and the writer thread share.
+
+    `lock` protects `closed`, `broken` and every `queue.put`: a request is enqueued only
+    while the store is open and healthy, and the writer's death or `close()` flips the
+    flag under the same lock, so no request can slip in after the last drain.
+    """
+
+    def __init__(self, max_queue: int) -> None:
+        self.lock = threading.Lock()
+        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self.slots = threading.BoundedSemaphore(max_queue)
+        self.max_queue = max_queue
+        self.closed = False
+        self.broken: BaseException | None = None
+        self.counters = Counters()
+
+    def fail_queued(self, exc_factory: Callable[[], BaseException]) -> None:
+        """Fail every request still queued (called once no more can be enqueued)."""
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is STOP:
+                continue
+            self.slots.release()
+            _fail(item, exc_factory())
+
+
+def _fail(req: Request, exc: BaseException) -> None:
+    if isinstance(req, TxSession):
+        req.fail(exc)
+    elif not req.future.done():
+        req.future.set_exception(exc)
+
+
+class QueueEngine:
+    """Runs writes on a dedicated thread; see the module docstring."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        conn: Any,
+        *,
+        name: str,
+        timeout: float,
+        max_queue: int,
+        conn_lock: threading.Lock | None,
+    ) -> None:
+        self.backend = backend
+        self.conn = conn
+        self.timeout = timeout
+        self.state = _State(max_queue)
+        self.thread = threading.Thread(
+            target=_writer_main,
+            args=(self.state, backend, conn, conn_lock),
+            name=name,
+            # A daemon, so a forgotten store never keeps the process alive; the atexit
+            # hook in _store.py closes every live store (committing its queue) before
+            # the interpreter tears down.
+            daemon=True,
+        )
+        self.thread.start()
+
+    # --- submitting ------------------------------------------------------------------
+
+    def submit(self, req: Request, deadline: float) -> Future[Any]:
+        """Queue `req`; raises TimeoutError (nothing queued) if no space by `deadline`."""
+        state = self.state
+        self._check(state)
+        if not state.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(
+                f"no room in the write queue after {self.timeout:.1f}s "
+                f"(max_queue={state.max_queue}, queue depth {state.queue.qsize()}); "
+                "nothing of this request was written"
+            )
+        with state.lock:
+            try:
+                self._check(state)
+            except BaseException:
+                state.slots.release()
+                raise
+            if req.is_write:
+                state.counters.accepted += 1
+            state.queue.put(req)
+        return req.future
+
+    @staticmethod
+    def _check(state: _State) -> None:
+        if state.closed:
+            raise StoreClosedError("the store is closed")
+        if state.broken is not None:
+            raise StoreError(f"the writer thread died: {state.broken!r}") from state.broken
+
+    def begin_session(self, session: TxSession, deadline: float) -> None:
+        """Queue a transaction and wait until the writer hands over its connection."""
+        self.submit(session, deadline)
+        if session.granted.wait(max(0.0, deadline - time.monotonic())):
+            if session.error is not None:
+                raise session.error
+            return
+        with session.lock:
+            if not session.granted.is_set():
+                # The writer has not granted it: withdraw. If the writer reaches it
+                # later it sees `abandoned` (under this lock) and rolls back.
+                session.future.cancel()
+                session.abandoned = True
+                session.done.set()
+                raise TimeoutError(
+                    f"the transaction could not start within {self.timeout:.1f}s "
+                    f"(queue depth {self.state.queue.qsize()})"
+                )
+        if session.error is not None:
+            raise session.error
+
+    def end_session(self, session: TxSession) -> None:
+        """The owner is finished with the connection (committed or rolled back)."""
+        session.done.set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def flush(self, deadline: float) -> None:
+        """Wait until everything queued before this call has committed or failed."""
+        from ._requests import Flush
+
+        marker = Flush()
+        fut = self.submit(marker, deadline)
+        wait_result(fut, deadline, self.timeout)
+
+    def close(self, timeout: float | None) -> None:
+        """Stop accepting, let the writer commit what is queued, then join it."""
+        state = self.state
+        with state.lock:
+            if not state.closed:
+                state.closed = True
+                state.queue.put(STOP)
+        if threading.current_thread() is self.thread:
+            return  # close() called from a run() function: the writer exits after this batch
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(
+                f"the writer was still committing queued writes after {timeout:.1f}s; "
+                "it goes on in the background"
+            )
+        self.backend.close(self.conn)
+
+    def queue_depth(self) -> int:
+        return self.state.queue.qsize()
+
+
+def wait_result(fut: Future[Any], deadline: float, timeout: float) -> Any:
+    """Wait for a request's future until `deadline`; on timeout withdraw it if possible."""
+    try:
+        return fut.result(max(0.0, deadline - time.monotonic()))
+    except builtins.TimeoutError:
+        started = not fut.cancel()
+        if started and fut.done():  # finished in the meantime
+            return fut.result()
+        what = (
+            "it had already started and may still commit"
+            if started
+            else "it was withdrawn and nothing of it was written"
+        )
+        raise TimeoutError(f"no result after {timeout:.1f}s; {what}") from None
+
+
+# --- the writer thread -------------------------------------------------------------------
+
+
+def _writer_main(
+    state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock | None
+) -> None:
+    try:
+        _loop(state, backend, conn, conn_lock)
+    except BaseException as exc:
+        # Something escaped the loop: this store cannot write any more. Fail every
+        # waiter now (not at its timeout) and make later calls fail at once.
+        log.error("safestore writer thread died", exc_info=True)
+        with state.lock:
+            state.broken = exc
+        state.fail_queued(lambda: _died(exc))
+
+
+def _died(cause: BaseException) -> StoreError:
+    err = StoreError(f"the writer thread died: {cause!r}")
+    err.__cause__ = cause
+    return err
+
+
+def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock | None) -> None:
+    guard: Callable[[], AbstractContextManager[Any]] = (
+        (lambda: conn_lock) if conn_lock is not None else nullcontext  # type: ignore[assignment,return-value]
+    )
+    q = state.queue
+    while True:
+        batch: list[Item] = [q.get()]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(q.get_nowait())
+            except queue.Empty:
+                break
+        stop = False
+        segment: list[Request] = []
+        try:
+            for item in batch:
+                if item is STOP:
+                    stop = True
+                    continue
+                state.slots.release()
+                if isinstance(item, TxSession):
+                    _commit_segment(state, backend, conn, segment, guard)
+                    segment = []
+                    _serve_session(backend, conn, item, guard)
+                else:
+                    segment.append(item)
+            _commit_segment(state, backend, conn, segment, guard)
+        except BaseException as exc:
+            # Dying mid-batch: the requests taken off the queue are failed here, the
+            # ones still queued by _writer_main.
+            for item in batch:
+                if item is not STOP:
+                    _fail(item, _died(exc))
+            raise
+        if stop:
+            # close() flipped `closed` before queueing STOP, so nothing follows it.
+            return
+
+
+def _commit_segment(
+    state: _State,
+    backend: Backend,
+    conn: Any,
+    segment: list[Request],
+    guard: Callable[[], AbstractContextManager[Any]],
+) -> None:
+    # Claim each future; a caller that timed out and cancelled is skipped, and from here
+    # on no caller can cancel (its write is about to be attempted).
+    live = [r for r in segment if r.future.set_running_or_notify_cancel()]
+    writes = [r for r in live if r.is_write]
+    counters = state.counters
+    if writes:
+        try:
+            with guard():
+                outcomes = backend.commit_group(conn, writes)
+        except Exception as exc:
+            # The group as a whole failed (could not begin, or COMMIT failed): nothing
+            # of it is committed, and every caller in it gets the engine's error.
+            err = translate(exc)
+            for req in writes:
+                req.future.set_exception(err)
+            counters.failed += len(writes)
+        else:
+            counters.commits += 1
+            counters.largest_batch = max(counters.largest_batch, len(writes))
+            for req, value, error in outcomes:
+                if error is None:
+                    counters.committed += 1
+                    req.future.set_result(value)
+                else:
+                    counters.failed += 1
+                    req.future.set_exception(error)
+    for req in live:
+        if not req.is_write:
+            req.future.set_result(None)
+
+
+def _serve_session(
+    backend: Backend,
+    conn: Any,
+    session: TxSession,
+    guard: Callable[[], AbstractContextManager[Any]],
+) -> None:
+    """Hand the connection to a transaction's owner and wait for it to finish.
+
+    While the owner holds the connection the writer takes nothing else off the queue:
+    that is how other threads' writes wait (queued, not failed) during a transaction.
+    """
+    if not session.future.set_running_or_notify_cancel():
+        return  # the owner gave up before we got here
+    with guard():
+        try:
+            backend.begin(conn)
+        except Exception as exc:
+            session.fail(translate(exc))
+            return
+        with session.lock:
+            if session.abandoned:
+                backend.rollback(conn)
+                session.future.set_result(None)
+                return
+            session.conn = conn
+            session.last_used = time.monotonic()
+            session.granted.set()
+        while True:
+            left = session.last_used + session.idle_timeout - time.monotonic()
+            if left > 0 and session.done.wait(left):
+                break
+            with session.lock:
+                if session.done.is_set():
+                    break
+                if time.monotonic() - session.last_used >= session.idle_timeout:
+                    # Idle past the timeout: the owner is stuck or gone. Roll back so
+                    # the queued writes behind it can go on; its next call raises.
+                    backend.rollback(conn)
+                    session.expired = True
+                    session.done.set()
+                    log.warning(
+                        "rolled back a transaction idle for more than %.1fs", session.idle_timeout
+                    )
+                    break
+        with session.lock:
+            session.conn = None
+            if backend.in_transaction(conn):  # owner left without commit or rollback
+                backend.rollback(conn)
+    session.future.set_result(None)
