@@ -141,7 +141,7 @@ class SQLiteBackend:
         conn = self._connect(read_only=self.config.read_only)
         try:
             conn.execute("PRAGMA query_only=1")
-            conn.set_authorizer(_read_authorizer)
+            _load_schema(conn)
         except BaseException:
             conn.close()
             raise
@@ -388,13 +388,15 @@ class SQLiteBackend:
             conn.execute("PRAGMA query_only=1")
             conn.set_authorizer(_read_authorizer)
         try:
-            cur = conn.execute(sql, params)
             try:
-                # fetchall() runs the statement to completion, so its implicit read
-                # transaction ends here: no snapshot is held between calls.
-                return cur.fetchall()  # type: ignore[no-any-return]
-            finally:
-                cur.close()
+                return _fetch_all(conn, sql, params)
+            except sqlite3.OperationalError as exc:
+                # SQLITE_SCHEMA: the schema had to be (re)loaded while the statement was
+                # prepared under the authorizer, which denies that; load it, try again.
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_SCHEMA:
+                    raise
+                _load_schema(conn)
+                return _fetch_all(conn, sql, params)
         except sqlite3.DatabaseError as exc:
             code = getattr(exc, "sqlite_errorcode", None)
             if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH):
@@ -407,6 +409,25 @@ class SQLiteBackend:
             if shared:
                 conn.set_authorizer(None)
                 conn.execute("PRAGMA query_only=0")
+
+
+def _load_schema(conn: Any) -> None:
+    """Read the schema with the authorizer off (it would deny the schema's own reads)."""
+    conn.set_authorizer(None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    finally:
+        conn.set_authorizer(_read_authorizer)
+
+
+def _fetch_all(conn: Any, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    cur = conn.execute(sql, params)
+    try:
+        # fetchall() runs the statement to completion, so its implicit read transaction
+        # ends here: no snapshot is held between calls.
+        return cur.fetchall()  # type: ignore[no-any-return]
+    finally:
+        cur.close()
 
 
 def make_backend(config: Config) -> SQLiteBackend:

@@ -1,0 +1,116 @@
+"""Shared fixtures: every behaviour runs on {sqlite, duckdb} x {queue, lock}."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import safestore
+
+BACKENDS = ["sqlite", "duckdb"]
+MODES = ["queue", "lock"]
+WAIT = 30.0  # bound on every wait in the tests; a hang becomes a failure, not a stall
+
+SCHEMA = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE, n INTEGER)"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    del items
+
+
+def db_path(tmp_path: Path, backend: str, name: str = "test") -> str:
+    return str(tmp_path / (f"{name}.duckdb" if backend == "duckdb" else f"{name}.db"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(
+    tmp_path: Path, backend: str, mode: str
+) -> Iterator[Callable[..., safestore.Store]]:
+    """Build stores on this test's backend and mode; all are closed at teardown."""
+    made: list[safestore.Store] = []
+
+    def make(target: str | None = None, **kwargs: Any) -> safestore.Store:
+        kwargs.setdefault("mode", mode)
+        kwargs.setdefault("backend", backend)
+        kwargs.setdefault("timeout", WAIT)
+        store = safestore.Store(target or db_path(tmp_path, backend), **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        if not store._forked():
+            store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., safestore.Store]) -> safestore.Store:
+    """A store with table t(id INTEGER PRIMARY KEY, v TEXT UNIQUE, n INTEGER)."""
+    return make_store(setup=SCHEMA)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail any test that leaves a safestore-* thread running."""
+    before = {t for t in threading.enumerate() if t.name.startswith("safestore")}
+    yield
+    gc.collect()
+    leaked = [
+        t for t in threading.enumerate() if t.name.startswith("safestore") and t not in before
+    ]
+    for t in leaked:
+        t.join(WAIT)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"leaked threads: {still}"
+
+
+def count(store: safestore.Store, table: str = "t") -> int:
+    row = store.query_one(f"SELECT count(*) FROM {table}")
+    assert row is not None
+    return int(row[0])
+
+
+class Gate:
+    """Freeze the writer on demand: `store.run(gate.hold, wait=False)` blocks the
+    writer (queue mode) inside its transaction until `release()`."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def hold(self, conn: Any) -> str:
+        self.entered.set()
+        assert self.released.wait(WAIT), "gate never released"
+        return "held"
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def freeze(store: safestore.Store) -> tuple[Gate, Any]:
+    """Stall the writer (queue mode) until `gate.release()`; returns (gate, its future).
+
+    In lock mode calls run on the caller's thread, so there is nothing to stall: the
+    gate is released at once and later writes simply run one after another.
+    """
+    gate = Gate()
+    if store.mode == "lock":
+        gate.release()
+    held = store.run(gate.hold, wait=False)
+    assert gate.entered.wait(WAIT)
+    return gate, held

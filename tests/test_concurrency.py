@@ -1,0 +1,339 @@
+"""Many threads, one store: exact counts, isolation inside a batch, transactions, timeouts."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+import safestore
+from tests.conftest import SCHEMA, WAIT, Gate, count, freeze
+
+
+def run_threads(n: int, target: Callable[[int], None]) -> list[BaseException]:
+    """Start n threads behind a barrier, join them (bounded), return their errors."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def wrapped(i: int) -> None:
+        try:
+            barrier.wait(WAIT)
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 4)
+        assert not t.is_alive(), "a worker thread hung"
+    return errors
+
+
+def test_fifty_writers_and_readers_exact_counts(store: safestore.Store) -> None:
+    """50 writer threads x 100 inserts plus 5 readers: every row lands, no error."""
+    writers, per = 50, 100
+    done = threading.Event()
+    seen: list[int] = []
+
+    def work(i: int) -> None:
+        if i >= writers:  # a reader: counts only grow, reads never fail
+            last = 0
+            while not done.is_set():
+                n = count(store)
+                assert n >= last
+                last = n
+            seen.append(last)
+            return
+        ids = []
+        for j in range(per):
+            res = store.insert("t", {"v": f"{i}-{j}", "n": i})
+            ids.append(res.lastrowid)
+            # A thread sees its own acknowledged write at once, from its reader.
+            if j % 25 == 0:
+                assert store.query_one("SELECT n FROM t WHERE v = ?", (f"{i}-{j}",)) == (i,)
+        if store.backend == "sqlite":
+            # lastrowid is exact even when inserts were merged into one statement.
+            got = dict(store.query(f"SELECT id, v FROM t WHERE n = {i}"))
+            assert [got[r] for r in ids] == [f"{i}-{j}" for j in range(per)]
+
+    def target(i: int) -> None:
+        try:
+            work(i)
+        finally:
+            if i < writers:
+                finished.append(i)
+                if len(finished) == writers:
+                    done.set()
+
+    finished: list[int] = []
+    errors = run_threads(writers + 5, target)
+    assert not errors, errors[:3]
+    assert count(store) == writers * per
+    assert store.query_one("SELECT count(DISTINCT v) FROM t") == (writers * per,)
+    st = store.stats()
+    assert st.writes_accepted == st.writes_committed == writers * per
+    assert st.writes_failed == 0
+    assert len(seen) == 5
+
+
+def test_failure_isolated_within_one_batch(store: safestore.Store) -> None:
+    """A bad request in a group commit fails only its caller; the rest commit."""
+    store.insert("t", {"v": "dup"})
+    gate, held = freeze(store)
+    futures: list[Future[Any]] = []
+    for v in ["a", "dup", "b"]:
+        futures.append(store.insert("t", {"v": v}, wait=False))
+    futures.append(store.execute("INSERT INTO t (v) VALUES ('c')", wait=False))
+    futures.append(store.execute("INSERT INTO nowhere VALUES (1)", wait=False))
+    futures.append(store.insert("t", [{"v": "d"}, {"v": "e"}], wait=False))
+    futures.append(store.run(lambda conn: 1 / 0, wait=False))
+    futures.append(store.insert("t", {"v": "f"}, wait=False))
+    gate.release()
+    assert held.result(WAIT) == "held"
+    outcomes = [f.exception(WAIT) for f in futures]
+    assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], safestore.IntegrityError)
+    assert isinstance(outcomes[4], safestore.DatabaseError)
+    assert outcomes[5] is None
+    assert isinstance(outcomes[6], ZeroDivisionError)
+    assert outcomes[7] is None
+    assert sorted(r[0] for r in store.query("SELECT v FROM t")) == [
+        "a", "b", "c", "d", "dup", "e", "f"
+    ]
+    if store.mode == "queue":
+        assert store.stats().largest_batch >= 8
+
+
+def test_merged_insert_finds_bad_rows(store: safestore.Store) -> None:
+    """Inserts merged into one statement: one bad row fails only its own request."""
+    gate, held = freeze(store)
+    futs = [store.insert("t", {"v": f"r{i}"}, wait=False) for i in range(20)]
+    futs.append(store.insert("t", [{"v": "x"}, {"v": "x"}], wait=False))  # dup in itself
+    futs += [store.insert("t", {"v": f"s{i}"}, wait=False) for i in range(20)]
+    gate.release()
+    held.result(WAIT)
+    errors = [f.exception(WAIT) for f in futs]
+    assert isinstance(errors[20], safestore.IntegrityError)
+    assert all(e is None for i, e in enumerate(errors) if i != 20)
+    assert count(store) == 40
+    assert store.query("SELECT v FROM t WHERE v = 'x'") == []
+
+
+def test_writes_keep_each_threads_order(store: safestore.Store) -> None:
+    """Writes run in the order each thread issued them."""
+
+    def work(i: int) -> None:
+        store.insert("t", {"id": 1000 + i, "v": f"t{i}", "n": 0})
+        for j in range(1, 30):
+            store.execute("UPDATE t SET n = ? WHERE id = ?", (j, 1000 + i), wait=False)
+        store.flush()
+
+    assert not run_threads(10, work)
+    assert store.query("SELECT DISTINCT n FROM t") == [(29,)]
+
+
+def test_transaction_commits_atomically(store: safestore.Store) -> None:
+    """A transaction's writes are invisible to others until it commits; tx.query sees them."""
+    inside = threading.Event()
+    checked = threading.Event()
+    observed: list[int] = []
+
+    def other() -> None:
+        assert inside.wait(WAIT)
+        if store.mode == "queue":  # lock mode: the reader waits for the lock instead
+            observed.append(count(store))
+        checked.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    with store.transaction() as tx:
+        tx.insert("t", {"v": "a"})
+        tx.execute("INSERT INTO t (v) VALUES (?)", ("b",))
+        tx.executemany("INSERT INTO t (v) VALUES (?)", [("c",), ("d",)])
+        assert tx.query_one("SELECT count(*) FROM t") == (4,)
+        inside.set()
+        if store.mode == "queue":
+            assert checked.wait(WAIT)
+    t.join(WAIT)
+    assert observed in ([0], [])
+    assert count(store) == 4
+
+
+def test_transaction_rollback_leaves_nothing(store: safestore.Store) -> None:
+    """If the block raises, none of it is visible anywhere and the error propagates."""
+    with pytest.raises(KeyError), store.transaction() as tx:
+        tx.insert("t", {"v": "a"})
+        assert tx.query("SELECT v FROM t") == [("a",)]
+        raise KeyError("no")
+    assert count(store) == 0
+    store.insert("t", {"v": "b"})
+    assert count(store) == 1
+
+
+def test_failed_statement_inside_transaction_raises_engine_error(store: safestore.Store) -> None:
+    """A failing statement in a block raises the engine's (dual-class) error there."""
+    store.insert("t", {"v": "a"})
+    with pytest.raises(safestore.IntegrityError), store.transaction() as tx:
+        tx.insert("t", {"v": "b"})
+        tx.insert("t", {"v": "a"})
+    assert store.query("SELECT v FROM t") == [("a",)]
+
+
+def test_others_wait_while_transaction_open(store: safestore.Store) -> None:
+    """Other threads' writes wait (queued, not failed) while a transaction is open."""
+    started = threading.Event()
+    finished = threading.Event()
+    results: list[Any] = []
+
+    def writer() -> None:
+        started.set()
+        results.append(store.insert("t", {"v": "other"}))
+        finished.set()
+
+    with store.transaction() as tx:
+        tx.insert("t", {"v": "mine"})
+        t = threading.Thread(target=writer)
+        t.start()
+        assert started.wait(WAIT)
+        assert not finished.wait(0.3), "a write got through an open transaction"
+    assert finished.wait(WAIT)
+    t.join(WAIT)
+    assert results[0].rowcount == 1
+    assert count(store) == 2
+
+
+def test_store_write_inside_own_transaction_is_refused(store: safestore.Store) -> None:
+    """store.insert() from the thread that holds a transaction raises instead of deadlocking."""
+    with store.transaction() as tx:
+        tx.insert("t", {"v": "a"})
+        with pytest.raises(safestore.StoreError, match="tx"):
+            store.insert("t", {"v": "b"})
+        with pytest.raises(safestore.StoreError, match="nest"), store.transaction():
+            pass
+    assert count(store) == 1
+
+
+def test_idle_transaction_is_rolled_back(make_store: Callable[..., safestore.Store]) -> None:
+    """Queue mode: a transaction idle past `timeout` is rolled back; others go on."""
+    store = make_store(setup=SCHEMA, timeout=0.5)
+    if store.mode == "lock":
+        pytest.skip("lock mode has no writer to expire a transaction")
+    with pytest.raises(safestore.StoreError, match="idle"), store.transaction() as tx:
+        tx.insert("t", {"v": "stuck"})
+        # Another thread's write can only commit once the stuck block is rolled back.
+        other = threading.Thread(target=store.insert, args=("t", {"v": "other"}))
+        other.start()
+        other.join(WAIT)
+        assert not other.is_alive()
+        tx.insert("t", {"v": "late"})
+    assert store.query("SELECT v FROM t") == [("other",)]
+
+
+def test_full_queue_times_out_and_writes_nothing(make_store: Callable[..., safestore.Store]) -> None:
+    """With the writer stalled, a caller gets TimeoutError and nothing of its request lands."""
+    store = make_store(setup=SCHEMA, timeout=0.3, max_queue=2)
+    gate = Gate()
+    if store.mode == "queue":
+        held = store.run(gate.hold, wait=False)
+        assert gate.entered.wait(WAIT)
+        queued = [store.insert("t", {"v": f"q{i}"}, wait=False) for i in range(2)]
+        with pytest.raises(safestore.TimeoutError, match="queue") as info:
+            store.insert("t", {"v": "late"})
+        assert isinstance(info.value, TimeoutError)
+        gate.release()
+        held.result(WAIT)
+        for f in queued:
+            f.result(WAIT)
+    else:
+        # Lock mode: a transaction held by another thread stalls writers instead.
+        entered, leave = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with store.transaction() as tx:
+                tx.insert("t", {"v": "q0"})
+                entered.set()
+                assert leave.wait(WAIT)
+
+        t = threading.Thread(target=holder)
+        t.start()
+        assert entered.wait(WAIT)
+        with pytest.raises(safestore.TimeoutError):
+            store.insert("t", {"v": "late"})
+        leave.set()
+        t.join(WAIT)
+    store.flush()
+    assert store.query("SELECT v FROM t WHERE v = 'late'") == []
+
+
+def test_result_timeout_withdraws_queued_request(make_store: Callable[..., safestore.Store]) -> None:
+    """Queue mode: a caller whose result does not come in time withdraws its request."""
+    store = make_store(setup=SCHEMA, timeout=0.3)
+    if store.mode == "lock":
+        pytest.skip("lock mode runs the call on the caller's thread")
+    gate = Gate()
+    held = store.run(gate.hold, wait=False)
+    assert gate.entered.wait(WAIT)
+    with pytest.raises(safestore.TimeoutError, match="withdrawn"):
+        store.insert("t", {"v": "late"})
+    gate.release()
+    held.result(WAIT)
+    store.flush()
+    assert count(store) == 0
+
+
+def test_shuffled_mixed_workload(store: safestore.Store) -> None:
+    """Threads mixing inserts, updates, transactions and reads end in the exact state."""
+
+    def work(i: int) -> None:
+        rng = random.Random(i)
+        for j in range(20):
+            op = rng.choice(["insert", "tx", "read", "nowait"])
+            key = f"{i}-{j}"
+            if op == "insert":
+                store.insert("t", {"v": key, "n": 1})
+            elif op == "tx":
+                with store.transaction() as tx:
+                    tx.insert("t", {"v": key, "n": 0})
+                    tx.execute("UPDATE t SET n = 1 WHERE v = ?", (key,))
+            elif op == "nowait":
+                store.insert("t", {"v": key, "n": 1}, wait=False)
+            else:
+                store.insert("t", {"v": key, "n": 1})
+                assert store.query_one("SELECT n FROM t WHERE v = ?", (key,)) == (1,)
+
+    assert not run_threads(12, work)
+    store.flush()
+    assert store.query("SELECT count(*), sum(n) FROM t") == [(240, 240)]
+
+
+def test_reads_do_not_wait_for_queued_writes(make_store: Callable[..., safestore.Store]) -> None:
+    """Queue mode on a file: reads run while the writer is stalled."""
+    store = make_store(setup=SCHEMA)
+    if store.mode == "lock":
+        pytest.skip("lock mode serialises reads with writes by design")
+    store.insert("t", {"v": "a"})
+    gate = Gate()
+    held = store.run(gate.hold, wait=False)
+    assert gate.entered.wait(WAIT)
+    pending = store.insert("t", {"v": "b"}, wait=False)
+    assert count(store) == 1  # answered at once, from committed data
+    gate.release()
+    held.result(WAIT)
+    pending.result(WAIT)
+    assert count(store) == 2
+
+
+def test_reader_sees_tables_created_later(store: safestore.Store) -> None:
+    """A thread's read connection follows schema changes made by the writer."""
+    assert count(store) == 0
+    store.execute("CREATE TABLE later (a INTEGER)")
+    store.insert("later", {"a": 1})
+    assert count(store, "later") == 1
+    with pytest.raises(safestore.ReadOnlyError):
+        store.query("DELETE FROM later")

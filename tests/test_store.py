@@ -1,0 +1,312 @@
+"""The Store API: writes, reads, results, argument checking, on every backend and mode."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import safestore
+from tests.conftest import SCHEMA, WAIT, count, db_path
+
+
+def test_insert_one_and_many(store: safestore.Store) -> None:
+    """insert() takes one mapping or a sequence; rowcount counts the rows."""
+    assert store.insert("t", {"v": "a", "n": 1}).rowcount == 1
+    assert store.insert("t", [{"v": "b", "n": 2}, {"v": "c", "n": 3}]).rowcount == 2
+    assert store.query("SELECT v, n FROM t ORDER BY n") == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def test_insert_lastrowid_sqlite(store: safestore.Store) -> None:
+    """On SQLite lastrowid is the rowid of the request's last row; DuckDB has none."""
+    first = store.insert("t", {"v": "a"})
+    second = store.insert("t", [{"v": "b"}, {"v": "c"}])
+    if store.backend == "sqlite":
+        assert first.lastrowid == 1
+        assert second.lastrowid == 3
+    else:
+        assert first.lastrowid is None
+
+
+def test_insert_columns_in_any_order(store: safestore.Store) -> None:
+    """Rows may list their keys in any order; values go to the named columns."""
+    store.insert("t", [{"v": "a", "n": 1}, {"n": 2, "v": "b"}])
+    assert store.query("SELECT v, n FROM t ORDER BY n") == [("a", 1), ("b", 2)]
+
+
+def test_execute_returns_result(store: safestore.Store) -> None:
+    """execute() reports rowcount and RETURNING rows."""
+    store.insert("t", [{"id": i, "v": str(i), "n": i} for i in range(1, 6)])
+    res = store.execute("UPDATE t SET n = n + 10 WHERE id > ?", (2,))
+    assert res.rowcount == 3
+    assert res.rows == []
+    res = store.execute("DELETE FROM t WHERE id = ? RETURNING v", (1,))
+    assert res.rows == [("1",)]
+    assert count(store) == 4
+
+
+def test_executemany_sums_rowcount(store: safestore.Store) -> None:
+    """executemany() runs the statement per parameter set; rowcount is summed."""
+    res = store.executemany("INSERT INTO t (id, v) VALUES (?, ?)", [(i, str(i)) for i in range(7)])
+    assert res.rowcount == 7
+    assert count(store) == 7
+
+
+def test_run_returns_value_and_commits(store: safestore.Store) -> None:
+    """run(fn) returns fn's value; its writes commit."""
+
+    def fn(conn: Any, a: int, *, b: int) -> int:
+        conn.execute("INSERT INTO t (id, v) VALUES (?, ?)", (a, "x"))
+        return a + b
+
+    assert store.run(fn, 5, b=6) == 11
+    assert store.query("SELECT id FROM t") == [(5,)]
+
+
+def test_run_failure_rolls_back_and_reaches_caller(store: safestore.Store) -> None:
+    """If fn raises, its work is rolled back and its exception reaches the caller."""
+
+    def fn(conn: Any) -> None:
+        conn.execute("INSERT INTO t (id, v) VALUES (1, 'x')")
+        raise LookupError("boom")
+
+    with pytest.raises(LookupError, match="boom"):
+        store.run(fn)
+    assert count(store) == 0
+    store.insert("t", {"v": "still works"})
+    assert count(store) == 1
+
+
+def test_wait_false_returns_future(store: safestore.Store) -> None:
+    """wait=False gives a Future of the same value; failures land in the future."""
+    fut = store.insert("t", {"v": "a"}, wait=False)
+    assert isinstance(fut, Future)
+    assert fut.result(WAIT).rowcount == 1
+    bad = store.insert("t", {"v": "a"}, wait=False)
+    assert isinstance(bad.exception(WAIT), safestore.IntegrityError)
+    assert store.run(lambda conn: 42, wait=False).result(WAIT) == 42
+
+
+def test_query_one(store: safestore.Store) -> None:
+    """query_one() gives the first row or None."""
+    assert store.query_one("SELECT v FROM t") is None
+    store.insert("t", [{"v": "a", "n": 1}, {"v": "b", "n": 2}])
+    assert store.query_one("SELECT v FROM t ORDER BY n") == ("a",)
+
+
+def test_query_params_named_and_positional(store: safestore.Store) -> None:
+    """Parameters are bound, positional or named."""
+    store.insert("t", {"v": "x'); DROP TABLE t; --", "n": 1})
+    assert store.query("SELECT n FROM t WHERE v = ?", ("x'); DROP TABLE t; --",)) == [(1,)]
+    named = "$v" if store.backend == "duckdb" else ":v"
+    assert store.query(f"SELECT n FROM t WHERE v = {named}", {"v": "x'); DROP TABLE t; --"}) == [(1,)]
+
+
+def test_with_cte_select_is_a_read(store: safestore.Store) -> None:
+    """A WITH ... SELECT is a read (routing does not look at the first word)."""
+    store.insert("t", {"v": "a", "n": 1})
+    assert store.query("WITH x AS (SELECT n FROM t) SELECT n + 1 FROM x") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM t",
+        "INSERT INTO t (v) VALUES ('z')",
+        "UPDATE t SET n = 0",
+        "CREATE TABLE u (a INTEGER)",
+        "DROP TABLE t",
+        "CREATE TEMP TABLE tmp (a INTEGER)",
+        "WITH x AS (SELECT 1) DELETE FROM t",
+    ],
+)
+def test_query_refuses_writes(store: safestore.Store, sql: str) -> None:
+    """query() raises ReadOnlyError for anything that would write, and changes nothing."""
+    store.insert("t", {"v": "a", "n": 1})
+    with pytest.raises(safestore.ReadOnlyError):
+        store.query(sql)
+    assert store.query("SELECT v, n FROM t") == [("a", 1)]
+    assert store.query("SELECT count(*) FROM t") == [(1,)]
+
+
+def test_query_refuses_sqlite_pragmas_and_vacuum(make_store: Callable[..., safestore.Store]) -> None:
+    """SQLite: pragmas that set something and VACUUM are refused by query()."""
+    store = make_store(setup=SCHEMA)
+    if store.backend != "sqlite":
+        pytest.skip("SQLite pragmas")
+    for sql in ("PRAGMA user_version = 5", "PRAGMA query_only = 0", "VACUUM", "BEGIN"):
+        with pytest.raises(safestore.ReadOnlyError):
+            store.query(sql)
+    assert store.query("PRAGMA user_version") == [(0,)]
+    assert [r[1] for r in store.query("PRAGMA table_info(t)")] == ["id", "v", "n"]
+
+
+def test_memory_store_shared_by_threads(make_store: Callable[..., safestore.Store]) -> None:
+    """':memory:' is one database seen by every thread of the store."""
+    import threading
+
+    store = make_store(":memory:", setup=SCHEMA)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(20):
+                store.insert("t", {"v": f"{i}-{j}", "n": i})
+            assert store.query_one("SELECT count(*) FROM t WHERE n = ?", (i,)) == (20,)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert not errors
+    assert count(store) == 160
+
+
+def test_setup_callable(make_store: Callable[..., safestore.Store]) -> None:
+    """setup may be a callable run once with the writer connection."""
+    calls: list[Any] = []
+
+    def setup(conn: Any) -> None:
+        calls.append(conn)
+        conn.execute("CREATE TABLE IF NOT EXISTS s (a INTEGER)")
+
+    store = make_store(setup=setup)
+    assert len(calls) == 1
+    store.insert("s", {"a": 1})
+    assert count(store, "s") == 1
+
+
+def test_setup_failure_raises_and_leaks_nothing(
+    make_store: Callable[..., safestore.Store],
+) -> None:
+    """A failing setup script raises the engine's error from Store()."""
+    with pytest.raises(safestore.DatabaseError):
+        make_store(setup="CREATE TABLE ok (a INTEGER); THIS IS NOT SQL;")
+
+
+def test_attributes_and_repr(store: safestore.Store, backend: str, mode: str) -> None:
+    """backend, mode and path are read-only attributes."""
+    assert store.backend == backend
+    assert store.mode == mode
+    assert store.path.endswith(".duckdb" if backend == "duckdb" else ".db")
+    assert backend in repr(store)
+    with pytest.raises(AttributeError):
+        store.mode = "lock"  # type: ignore[misc]
+
+
+def test_stats(store: safestore.Store) -> None:
+    """stats() counts accepted, committed and failed writes and commits."""
+    store.insert("t", {"v": "a"})
+    with pytest.raises(safestore.IntegrityError):
+        store.insert("t", {"v": "a"})
+    st = store.stats()
+    assert st.writes_accepted == 2
+    assert st.writes_committed == 1
+    assert st.writes_failed == 1
+    assert st.commits >= 1
+    assert st.largest_batch >= 1
+    assert st.queue_depth == 0
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_durability_setting_sqlite(
+    make_store: Callable[..., safestore.Store], durability: str
+) -> None:
+    """SQLite: durability maps to PRAGMA synchronous FULL (2) or NORMAL (1)."""
+    store = make_store(durability=durability)
+    if store.backend != "sqlite":
+        pytest.skip("SQLite pragma")
+    level = store.run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+    assert level == (2 if durability == "full" else 1)
+    mode = store.run(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+
+
+def test_read_only_store(tmp_path: Path, backend: str, mode: str) -> None:
+    """read_only=True reads an existing database and refuses every write."""
+    path = db_path(tmp_path, backend)
+    with safestore.Store(path, setup=SCHEMA, timeout=WAIT) as writer:
+        writer.insert("t", {"v": "a", "n": 1})
+    with safestore.Store(path, mode=mode, read_only=True, timeout=WAIT) as ro:
+        assert ro.query("SELECT v FROM t") == [("a",)]
+        with pytest.raises(safestore.ReadOnlyError):
+            ro.insert("t", {"v": "b"})
+        with pytest.raises(safestore.ReadOnlyError):
+            ro.execute("DELETE FROM t")
+        with pytest.raises(safestore.ReadOnlyError), ro.transaction():
+            pass
+        with pytest.raises(safestore.ReadOnlyError):
+            ro.query("DELETE FROM t")
+
+
+# --- targets and arguments -------------------------------------------------------------
+
+
+def test_targets_choose_backend(tmp_path: Path) -> None:
+    """The URL scheme, then the suffix, choose the backend; sqlite otherwise."""
+    os.chdir(tmp_path)
+    with safestore.Store("sqlite:///a.db") as s:
+        assert (s.backend, s.path) == ("sqlite", "a.db")
+    with safestore.Store(tmp_path / "b.sqlite3") as s:
+        assert s.backend == "sqlite"
+    with safestore.Store(f"sqlite:///{tmp_path}/c.db") as s:
+        assert s.path == f"{tmp_path}/c.db"
+    with safestore.Store(":memory:") as s:
+        assert (s.backend, s.path) == ("sqlite", ":memory:")
+
+
+def test_duckdb_targets(tmp_path: Path) -> None:
+    """x.duckdb, duckdb:///x and backend='duckdb' open DuckDB."""
+    os.chdir(tmp_path)
+    for target, kwargs in [
+        ("x.duckdb", {}),
+        ("duckdb:///y.db", {}),
+        ("z.ddb", {}),
+        ("w.db", {"backend": "duckdb"}),
+    ]:
+        with safestore.Store(target, **kwargs) as s:
+            assert s.backend == "duckdb"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((), {}, TypeError, "target"),
+        ((123,), {}, TypeError, "target"),
+        (("",), {}, ValueError, "empty"),
+        (("ftp:///x.db",), {}, ValueError, "scheme"),
+        (("sqlite:///x.db",), {"backend": "duckdb"}, ValueError, "contradicts"),
+        (("x.db",), {"backend": "postgres"}, ValueError, "backend"),
+        (("x.db",), {"mode": "fast"}, ValueError, "mode"),
+        (("x.db",), {"durability": "some"}, ValueError, "durability"),
+        (("x.db",), {"timeout": 0}, ValueError, "timeout"),
+        (("x.db",), {"timeout": float("inf")}, ValueError, "timeout"),
+        (("x.db",), {"timeout": "1"}, TypeError, "timeout"),
+        (("x.db",), {"max_queue": 0}, ValueError, "max_queue"),
+        (("x.db",), {"setup": 5}, TypeError, "setup"),
+        (("x.db",), {"read_only": 1}, TypeError, "read_only"),
+        (("x.db",), {"read_only": True, "setup": "SELECT 1"}, ValueError, "setup"),
+    ],
+)
+def test_bad_arguments(
+    tmp_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], error: type, match: str
+) -> None:
+    """Bad arguments raise a clear error naming what was wrong; no thread is left."""
+    os.chdir(tmp_path)
+    with pytest.raises(error, match=match):
+        safestore.Store(*args, **kwargs)
+
+
+def test_public_names() -> None:
+    """The package exports its API with __module__ == 'safestore'."""
+    assert safestore.__version__ == "0.1.0"
+    assert sorted(safestore.__all__) == safestore.__all__
+    for name in ("Store", "Result", "Stats", "Transaction", "StoreError", "TimeoutError"):
+        assert getattr(safestore, name).__module__ == "safestore"
