@@ -18,8 +18,8 @@ from typing import Any
 
 from ._backends import Backend
 from ._requests import Request, TxSession
-from .errors import StoreClosedError, TimeoutError, translate
-from ._writer import Counters
+from ._writer import Counters, run_group
+from .errors import StoreClosedError, TimeoutError
 
 
 class LockEngine:
@@ -53,17 +53,16 @@ class LockEngine:
             if req.is_write:
                 with self._accept_lock:
                     self.counters.accepted += 1
-            req.future.set_running_or_notify_cancel()
             counters = self.counters
+            _, outcomes, group_error = run_group(self.backend, self.conn, [req])
             if not req.is_write:
                 req.future.set_result(None)
                 return req.future
-            try:
-                ((_, value, error),) = self.backend.commit_group(self.conn, [req])
-            except Exception as exc:
+            if group_error is not None:
                 counters.failed += 1
-                req.future.set_exception(translate(exc))
+                req.future.set_exception(group_error)
                 return req.future
+            ((_, value, error),) = outcomes
             counters.commits += 1
             counters.largest_batch = max(counters.largest_batch, 1)
             if error is None:

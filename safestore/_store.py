@@ -15,7 +15,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -23,9 +22,9 @@ from typing import Any, Literal, TypeVar
 from ._backends import Backend, Config, open_backend
 from ._locked import LockEngine
 from ._readers import Readers
-from ._requests import Execute, ExecuteMany, Request, Result, Run, TxSession, build_insert
+from ._requests import Execute, ExecuteMany, Request, Run, TxSession, build_insert
 from ._transaction import Transaction
-from ._writer import QueueEngine, wait_result
+from ._writer import QueueEngine, run_group, wait_result
 from .errors import ReadOnlyError, StoreClosedError, StoreError, translate
 
 T = TypeVar("T")
@@ -79,7 +78,9 @@ def _resolve_target(target: object, backend: object) -> tuple[str, str]:
                 f"unknown URL scheme {scheme!r} in {text!r}; use sqlite:/// or duckdb:///"
             )
         if not rest.startswith("/") or rest == "/":
-            raise ValueError(f"{text!r}: a URL target is {scheme}:///relative/path or {scheme}:////absolute")
+            raise ValueError(
+                f"{text!r}: a URL target is {scheme}:///relative/path or {scheme}:////absolute"
+            )
         text = rest[1:]
     if backend is not None and backend not in ("sqlite", "duckdb"):
         raise ValueError(f"backend must be 'sqlite', 'duckdb' or None, not {backend!r}")
@@ -130,7 +131,9 @@ class Store:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be a positive int, not {max_queue!r}")
         if setup is not None and not (isinstance(setup, str) or callable(setup)):
-            raise TypeError(f"setup must be an SQL script, a callable or None, not {type(setup).__name__}")
+            raise TypeError(
+                f"setup must be an SQL script, a callable or None, not {type(setup).__name__}"
+            )
         if not isinstance(read_only, bool):
             raise TypeError(f"read_only must be a bool, not {type(read_only).__name__}")
         if read_only and setup is not None:
@@ -229,7 +232,13 @@ class Store:
             return fut
         return wait_result(fut, deadline, self._timeout)
 
-    def insert(self, table: str, row_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, wait: bool = True) -> Any:
+    def insert(
+        self,
+        table: str,
+        row_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        wait: bool = True,
+    ) -> Any:
         """Insert one row (a mapping) or many rows (mappings with the same keys).
 
         Names are validated and quoted; values are bound as parameters. Thread-safe.
@@ -316,7 +325,11 @@ class Store:
             self._engine.end_session(session)
 
     def _record_tx(self, writes: int) -> None:
-        counters = self._engine.counters if isinstance(self._engine, LockEngine) else self._engine.state.counters
+        counters = (
+            self._engine.counters
+            if isinstance(self._engine, LockEngine)
+            else self._engine.state.counters
+        )
         counters.commits += 1
         counters.committed += writes
         counters.largest_batch = max(counters.largest_batch, writes)
@@ -344,7 +357,9 @@ class Store:
         if timeout is not None:
             _check_timeout(timeout, "timeout")
         if self._forked():
-            raise StoreError("this store belongs to the parent process; open a new Store after fork()")
+            raise StoreError(
+                "this store belongs to the parent process; open a new Store after fork()"
+            )
         with self._lock:
             self._closed = True
         self._finalizer.detach()
@@ -405,7 +420,10 @@ def _run_setup(backend: Backend, conn: Any, setup: str | Callable[[Any], object]
         backend.run_script(conn, setup)
         return
     req = Run(setup, (), {})
-    ((_, _, error),) = backend.commit_group(conn, [req])
+    _, outcomes, group_error = run_group(backend, conn, [req])
+    if group_error is not None:
+        raise group_error
+    ((_, _, error),) = outcomes
     if error is not None:
         raise error
 
@@ -460,4 +478,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-

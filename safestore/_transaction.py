@@ -66,7 +66,9 @@ class Transaction:
         """Insert one mapping or a sequence of mappings (same keys) into `table`."""
         return self._write(build_insert(table, row_or_rows))
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
         """Run a read-only statement; it sees this block's own uncommitted writes."""
         rows: list[tuple[Any, ...]] = self._use(
             lambda conn: self._backend.read(conn, sql, params, shared=True)

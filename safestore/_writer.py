@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from ._backends import Backend
+from ._backends import Backend, Outcome
 from ._requests import Request, TxSession
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
@@ -238,7 +238,8 @@ def _writer_main(
         log.error("safestore writer thread died", exc_info=True)
         with state.lock:
             state.broken = exc
-        state.fail_queued(lambda: _died(exc))
+        cause = exc
+        state.fail_queued(lambda: _died(cause))
 
 
 def _died(cause: BaseException) -> StoreError:
@@ -248,9 +249,10 @@ def _died(cause: BaseException) -> StoreError:
 
 
 def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock | None) -> None:
-    guard: Callable[[], AbstractContextManager[Any]] = (
-        (lambda: conn_lock) if conn_lock is not None else nullcontext  # type: ignore[assignment,return-value]
-    )
+    def guard() -> AbstractContextManager[Any]:
+        # In-memory SQLite: readers share this connection, so hold their lock per group.
+        return conn_lock if conn_lock is not None else nullcontext()
+
     q = state.queue
     while True:
         batch: list[Item] = [q.get()]
@@ -293,35 +295,62 @@ def _commit_segment(
     segment: list[Request],
     guard: Callable[[], AbstractContextManager[Any]],
 ) -> None:
-    # Claim each future; a caller that timed out and cancelled is skipped, and from here
-    # on no caller can cancel (its write is about to be attempted).
-    live = [r for r in segment if r.future.set_running_or_notify_cancel()]
-    writes = [r for r in live if r.is_write]
     counters = state.counters
+    with guard():
+        live, outcomes, error = run_group(backend, conn, segment)
+    writes = [r for r in live if r.is_write]
     if writes:
-        try:
-            with guard():
-                outcomes = backend.commit_group(conn, writes)
-        except Exception as exc:
-            # The group as a whole failed (could not begin, or COMMIT failed): nothing
-            # of it is committed, and every caller in it gets the engine's error.
-            err = translate(exc)
+        if error is not None:
             for req in writes:
-                req.future.set_exception(err)
+                req.future.set_exception(error)
             counters.failed += len(writes)
         else:
             counters.commits += 1
             counters.largest_batch = max(counters.largest_batch, len(writes))
-            for req, value, error in outcomes:
-                if error is None:
+            for req, value, req_error in outcomes:
+                if req_error is None:
                     counters.committed += 1
                     req.future.set_result(value)
                 else:
                     counters.failed += 1
-                    req.future.set_exception(error)
+                    req.future.set_exception(req_error)
     for req in live:
         if not req.is_write:
             req.future.set_result(None)
+
+
+def run_group(
+    backend: Backend, conn: Any, segment: list[Request]
+) -> tuple[list[Request], list[Outcome], BaseException | None]:
+    """Begin, claim the requests still wanted, apply and commit them.
+
+    Returns the claimed requests, their outcomes, and the error that failed the group
+    as a whole (could not begin within the timeout, or COMMIT failed), if any.
+
+    Futures are claimed only once the write lock is held: a caller that timed out and
+    withdrew while the writer waited for another process's lock is skipped, so its
+    TimeoutError really means nothing of it was written. From the claim on, no caller
+    can withdraw (its write is being attempted).
+    """
+    if not any(r.is_write for r in segment):
+        return [r for r in segment if r.future.set_running_or_notify_cancel()], [], None
+    try:
+        backend.begin(conn)
+    except Exception as exc:
+        live = [r for r in segment if r.future.set_running_or_notify_cancel()]
+        return live, [], translate(exc)
+    live = [r for r in segment if r.future.set_running_or_notify_cancel()]
+    writes = [r for r in live if r.is_write]
+    if not writes:
+        backend.rollback(conn)
+        return live, [], None
+    try:
+        return live, backend.commit_group(conn, writes), None
+    except Exception as exc:
+        # The group as a whole failed: nothing of it is committed, and every caller
+        # in it gets the engine's error.
+        backend.rollback(conn)
+        return live, [], translate(exc)
 
 
 def _serve_session(

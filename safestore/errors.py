@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-class Warning(Exception):  # noqa: A001 - the PEP 249 name
+class Warning(Exception):
     """PEP 249 warning: raised for important warnings such as data truncation."""
 
 
@@ -101,7 +101,7 @@ class ReadOnlyError(StoreError):
     """A statement that would change the database reached `query()` or a read-only store."""
 
 
-class TimeoutError(StoreError, builtins.TimeoutError):  # noqa: A001 - mirrors the builtin
+class TimeoutError(StoreError, builtins.TimeoutError):
     """A call waited longer than the store's `timeout` (queue space, result, file lock)."""
 
 
@@ -201,10 +201,10 @@ def translate(exc: BaseException) -> BaseException:
     if isinstance(exc, Error | Warning) or not _is_engine_error(exc):
         return exc
     dual = dual_class(type(exc))
-    new = dual.__new__(dual, *exc.args)
     try:
-        new.__init__(*exc.args)
-    except Exception:  # an engine class with an unusual __init__: args are already set
+        new = dual(*exc.args)
+    except Exception:  # an engine class with an unusual __init__: set args directly
+        new = dual.__new__(dual)
         new.args = exc.args
     new.__dict__.update(getattr(exc, "__dict__", {}))
     new.__cause__ = exc.__cause__

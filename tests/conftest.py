@@ -16,7 +16,18 @@ BACKENDS = ["sqlite", "duckdb"]
 MODES = ["queue", "lock"]
 WAIT = 30.0  # bound on every wait in the tests; a hang becomes a failure, not a stall
 
-SCHEMA = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE, n INTEGER)"
+SQLITE_SCHEMA = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE, n INTEGER)"
+# DuckDB has no rowid alias: the ids come from a sequence instead.
+DUCKDB_SCHEMA = (
+    "CREATE SEQUENCE t_id; "
+    "CREATE TABLE t (id INTEGER PRIMARY KEY DEFAULT nextval('t_id'), v TEXT UNIQUE, n INTEGER)"
+)
+
+
+def SCHEMA(conn: Any) -> None:
+    """`setup` callable: table t(id auto-assigned, v TEXT UNIQUE, n INTEGER) on either engine."""
+    sqlite = type(conn).__module__.startswith("sqlite3")
+    conn.execute(SQLITE_SCHEMA if sqlite else DUCKDB_SCHEMA)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,9 +49,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_store(
-    tmp_path: Path, backend: str, mode: str
-) -> Iterator[Callable[..., safestore.Store]]:
+def make_store(tmp_path: Path, backend: str, mode: str) -> Iterator[Callable[..., safestore.Store]]:
     """Build stores on this test's backend and mode; all are closed at teardown."""
     made: list[safestore.Store] = []
 

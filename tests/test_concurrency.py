@@ -9,9 +9,9 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from tests.conftest import SCHEMA, WAIT, Gate, count, freeze
 
 import safestore
-from tests.conftest import SCHEMA, WAIT, Gate, count, freeze
 
 
 def run_threads(n: int, target: Callable[[int], None]) -> list[BaseException]:
@@ -104,7 +104,13 @@ def test_failure_isolated_within_one_batch(store: safestore.Store) -> None:
     assert isinstance(outcomes[6], ZeroDivisionError)
     assert outcomes[7] is None
     assert sorted(r[0] for r in store.query("SELECT v FROM t")) == [
-        "a", "b", "c", "d", "dup", "e", "f"
+        "a",
+        "b",
+        "c",
+        "d",
+        "dup",
+        "e",
+        "f",
     ]
     if store.mode == "queue":
         assert store.stats().largest_batch >= 8
@@ -227,15 +233,20 @@ def test_idle_transaction_is_rolled_back(make_store: Callable[..., safestore.Sto
     with pytest.raises(safestore.StoreError, match="idle"), store.transaction() as tx:
         tx.insert("t", {"v": "stuck"})
         # Another thread's write can only commit once the stuck block is rolled back.
-        other = threading.Thread(target=store.insert, args=("t", {"v": "other"}))
+        futs: list[Future[Any]] = []
+        other = threading.Thread(
+            target=lambda: futs.append(store.insert("t", {"v": "other"}, wait=False))
+        )
         other.start()
         other.join(WAIT)
-        assert not other.is_alive()
+        assert futs[0].result(WAIT).rowcount == 1
         tx.insert("t", {"v": "late"})
     assert store.query("SELECT v FROM t") == [("other",)]
 
 
-def test_full_queue_times_out_and_writes_nothing(make_store: Callable[..., safestore.Store]) -> None:
+def test_full_queue_times_out_and_writes_nothing(
+    make_store: Callable[..., safestore.Store],
+) -> None:
     """With the writer stalled, a caller gets TimeoutError and nothing of its request lands."""
     store = make_store(setup=SCHEMA, timeout=0.3, max_queue=2)
     gate = Gate()
@@ -271,7 +282,9 @@ def test_full_queue_times_out_and_writes_nothing(make_store: Callable[..., safes
     assert store.query("SELECT v FROM t WHERE v = 'late'") == []
 
 
-def test_result_timeout_withdraws_queued_request(make_store: Callable[..., safestore.Store]) -> None:
+def test_result_timeout_withdraws_queued_request(
+    make_store: Callable[..., safestore.Store],
+) -> None:
     """Queue mode: a caller whose result does not come in time withdraws its request."""
     store = make_store(setup=SCHEMA, timeout=0.3)
     if store.mode == "lock":

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import SCHEMA, WAIT, count, db_path
 
 import safestore
-from tests.conftest import SCHEMA, WAIT, count, db_path
 
 
 def test_insert_one_and_many(store: safestore.Store) -> None:
@@ -103,7 +103,9 @@ def test_query_params_named_and_positional(store: safestore.Store) -> None:
     store.insert("t", {"v": "x'); DROP TABLE t; --", "n": 1})
     assert store.query("SELECT n FROM t WHERE v = ?", ("x'); DROP TABLE t; --",)) == [(1,)]
     named = "$v" if store.backend == "duckdb" else ":v"
-    assert store.query(f"SELECT n FROM t WHERE v = {named}", {"v": "x'); DROP TABLE t; --"}) == [(1,)]
+    assert store.query(f"SELECT n FROM t WHERE v = {named}", {"v": "x'); DROP TABLE t; --"}) == [
+        (1,)
+    ]
 
 
 def test_with_cte_select_is_a_read(store: safestore.Store) -> None:
@@ -133,7 +135,9 @@ def test_query_refuses_writes(store: safestore.Store, sql: str) -> None:
     assert store.query("SELECT count(*) FROM t") == [(1,)]
 
 
-def test_query_refuses_sqlite_pragmas_and_vacuum(make_store: Callable[..., safestore.Store]) -> None:
+def test_query_refuses_sqlite_pragmas_and_vacuum(
+    make_store: Callable[..., safestore.Store],
+) -> None:
     """SQLite: pragmas that set something and VACUUM are refused by query()."""
     store = make_store(setup=SCHEMA)
     if store.backend != "sqlite":

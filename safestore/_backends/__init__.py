@@ -54,9 +54,11 @@ class Backend(Protocol):
     def commit_group(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
         """Apply `requests` in order and commit them together.
 
-        Called with no transaction open. A request that fails gets its exception in the
-        outcome and leaves no trace; the others commit. If the commit itself fails,
-        raises, and nothing of the group is committed.
+        Called inside a transaction the caller opened with `begin` (so the caller can
+        withdraw requests whose callers gave up while it waited for the file lock). A
+        request that fails gets its exception in the outcome and leaves no trace; the
+        others commit. If the commit itself fails, raises (after rolling back), and
+        nothing of the group is committed.
         """
 
     def begin(self, conn: Any) -> None:

@@ -213,7 +213,6 @@ class SQLiteBackend:
     # --- group commit ----------------------------------------------------------------
 
     def commit_group(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
-        self.begin(conn)
         try:
             outcomes: list[Outcome] = []
             i, n = 0, len(requests)
@@ -285,7 +284,9 @@ class SQLiteBackend:
                 self._returning[table] = ""
             return outcomes
         conn.execute("RELEASE safestore_merge")
-        return [(req, Result(len(req.rows), rid), None) for req, rid in zip(run, last_ids)]
+        return [
+            (req, Result(len(req.rows), rid), None) for req, rid in zip(run, last_ids, strict=True)
+        ]
 
     def _returning_for(self, conn: Any, table: str) -> str:
         """Pick a rowid alias that no column of `table` shadows ("" if none or too old)."""
@@ -295,7 +296,9 @@ class SQLiteBackend:
         alias = ""
         if _RETURNING:
             raw = table[1:-1].replace('""', '"')
-            names = {r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))}
+            names = {
+                r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))
+            }
             alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), "")
         self._returning[table] = alias
         return alias

@@ -1,0 +1,267 @@
+"""close, flush, exit, garbage collection, fork, writer death, read connections."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import SCHEMA, WAIT, count, db_path, freeze
+
+import safestore
+from safestore import _writer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_flush_waits_for_accepted_writes(store: safestore.Store) -> None:
+    """flush() returns once every write accepted before it has committed."""
+    futs = [store.insert("t", {"v": str(i)}, wait=False) for i in range(500)]
+    store.flush()
+    assert all(f.done() for f in futs)
+    assert count(store) == 500
+
+
+def test_close_commits_everything_accepted(make_store: Callable[..., safestore.Store]) -> None:
+    """close() while threads are writing: every accepted write commits, later ones are refused."""
+    store = make_store(setup=SCHEMA)
+    accepted: list[Future[Any]] = []
+    refused: list[BaseException] = []
+    lock = threading.Lock()
+    go = threading.Barrier(9)
+
+    def writer(i: int) -> None:
+        go.wait(WAIT)
+        for j in range(10_000):
+            try:
+                fut = store.insert("t", {"v": f"{i}-{j}"}, wait=False)
+            except safestore.StoreClosedError as exc:
+                refused.append(exc)
+                return
+            with lock:
+                accepted.append(fut)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    go.wait(WAIT)
+    store.close()
+    for t in threads:
+        t.join(WAIT)
+    assert all(f.exception(WAIT) is None for f in accepted)
+    with safestore.Store(store.path, backend=store.backend, timeout=WAIT) as again:
+        assert count(again) == len(accepted)
+    assert store.closed
+
+
+def test_calls_after_close_raise(store: safestore.Store) -> None:
+    """Every call after close() raises StoreClosedError; close() is idempotent."""
+    store.close()
+    store.close()
+    for call in (
+        lambda: store.insert("t", {"v": "a"}),
+        lambda: store.execute("DELETE FROM t"),
+        lambda: store.executemany("DELETE FROM t", []),
+        lambda: store.run(lambda conn: None),
+        lambda: store.query("SELECT 1"),
+        lambda: store.query_one("SELECT 1"),
+        lambda: store.flush(),
+    ):
+        with pytest.raises(safestore.StoreClosedError):
+            call()
+    with pytest.raises(safestore.StoreClosedError), store.transaction():
+        pass
+
+
+def test_with_block_closes(tmp_path: Path, backend: str, mode: str) -> None:
+    """Leaving a with block closes the store after committing."""
+    path = db_path(tmp_path, backend)
+    with safestore.Store(path, mode=mode, setup=SCHEMA) as store:
+        store.insert("t", {"v": "a"}, wait=False)
+    assert store.closed
+    with safestore.Store(path) as again:
+        assert count(again) == 1
+
+
+def test_close_closes_other_threads_read_connections(store: safestore.Store) -> None:
+    """close() closes read connections of threads that are still alive."""
+    if store.mode == "lock":
+        pytest.skip("lock mode has no per-thread connections")
+    read, closed, after = threading.Event(), threading.Event(), []
+
+    def reader() -> None:
+        count(store)
+        read.set()
+        assert closed.wait(WAIT)
+        try:
+            count(store)
+        except safestore.StoreClosedError as exc:
+            after.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert read.wait(WAIT)
+    assert store.stats().read_connections == 1
+    store.close()
+    closed.set()
+    t.join(WAIT)
+    assert len(after) == 1
+
+
+def test_dead_threads_connections_are_released(store: safestore.Store) -> None:
+    """A thread that read and ended has its connection closed at the next sweep."""
+    if store.mode == "lock":
+        pytest.skip("lock mode has no per-thread connections")
+    for _ in range(5):
+        t = threading.Thread(target=count, args=(store,))
+        t.start()
+        t.join(WAIT)
+    count(store)  # this thread's connection: sweeps the dead ones
+    assert store.stats().read_connections <= 2
+
+
+def test_unclosed_store_warns_and_commits(tmp_path: Path, backend: str, mode: str) -> None:
+    """A store garbage-collected unclosed warns ResourceWarning and loses nothing."""
+    path = db_path(tmp_path, backend)
+    store = safestore.Store(path, mode=mode, setup=SCHEMA)
+    for i in range(100):
+        store.insert("t", {"v": str(i)}, wait=False)
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del store
+        gc.collect()
+    with safestore.Store(path) as again:
+        assert count(again) == 100
+
+
+EXIT_SCRIPT = """
+    import sys, time
+    import safestore
+    store = safestore.Store(sys.argv[1], mode=sys.argv[2], setup="CREATE TABLE t (v INTEGER)")
+    futs = [store.insert("t", {"v": i}, wait=False) for i in range(2000)]
+    print("queued", flush=True)
+    # no close(): the interpreter exits here
+"""
+
+
+def test_exit_without_close_loses_nothing(tmp_path: Path, backend: str, mode: str) -> None:
+    """A process that queues writes and exits without close() loses none, and exits promptly."""
+    path = db_path(tmp_path, backend)
+    start = time.monotonic()
+    proc = run_script(EXIT_SCRIPT, path, mode)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "queued" in proc.stdout
+    assert elapsed < 60
+    with safestore.Store(path) as store:
+        assert count(store) == 2000
+
+
+def test_unused_store_exits_at_once(tmp_path: Path, backend: str) -> None:
+    """A program that opened a store and never used it exits promptly and cleanly."""
+    proc = run_script(
+        "import sys, safestore; s = safestore.Store(sys.argv[1])", db_path(tmp_path, backend)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_writer_death_fails_everyone_at_once(
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the writer dies, pending and later calls fail at once with the cause chained."""
+    store = make_store(setup=SCHEMA)
+    if store.mode == "lock":
+        pytest.skip("lock mode has no writer thread")
+    gate, held = freeze(store)
+    pending = [store.insert("t", {"v": str(i)}, wait=False) for i in range(5)]
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("injected writer fault")
+
+    monkeypatch.setattr(_writer, "_commit_segment", explode)
+    gate.release()
+    start = time.monotonic()
+    assert held.result(WAIT) == "held"  # its batch was already committing
+    for fut in pending:
+        exc = fut.exception(WAIT)
+        assert isinstance(exc, safestore.StoreError)
+        assert isinstance(exc.__cause__, RuntimeError)
+    with pytest.raises(safestore.StoreError, match="died") as info:
+        store.insert("t", {"v": "later"})
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert time.monotonic() - start < WAIT / 2
+    monkeypatch.undo()
+    store.close()
+
+
+def _fork_and_report(fn: Callable[[], str]) -> str:
+    """Run fn in a forked child; return what it reported through a pipe."""
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            msg = fn()
+        except BaseException as exc:
+            msg, code = f"child raised {exc!r}", 1
+        os.write(w, msg.encode())
+        os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        out = f.read()
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_gets_clear_error(store: safestore.Store, tmp_path: Path) -> None:
+    """After fork the child gets StoreError from the parent's store; a new store works."""
+    store.insert("t", {"v": "parent"})
+
+    def child() -> str:
+        try:
+            store.insert("t", {"v": "child"})
+        except safestore.StoreError as exc:
+            first = f"refused: {exc}"
+        else:
+            return "write went through"
+        try:
+            store.query("SELECT 1")
+        except safestore.StoreError:
+            pass
+        else:
+            return "read went through"
+        other = db_path(tmp_path, store.backend, "child")
+        with safestore.Store(other, setup="CREATE TABLE c (a INTEGER)") as fresh:
+            fresh.insert("c", {"a": 1})
+            assert fresh.query("SELECT a FROM c") == [(1,)]
+        return first
+
+    out = _fork_and_report(child)
+    assert out.startswith("refused:") and "fork" in out
+    store.insert("t", {"v": "parent again"})
+    assert sorted(r[0] for r in store.query("SELECT v FROM t")) == ["parent", "parent again"]
