@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -103,10 +104,16 @@ class Readers:
     def _close_entry(self, entry: _Entry) -> None:
         # Interrupt first so a long statement in another thread ends quickly, then take
         # its `use` lock so we never close a connection while a statement runs on it.
-        self.backend.interrupt(entry.conn)
-        if not entry.use.acquire(timeout=self.timeout):
-            log.warning("a read connection stayed busy for %.1fs; left open", self.timeout)
-            return
+        # Race: the interrupt can land just before the other thread starts its statement
+        # (an interrupt of an idle connection does nothing), so repeat it while waiting.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.backend.interrupt(entry.conn)
+            if entry.use.acquire(timeout=min(0.05, max(0.0, deadline - time.monotonic()))):
+                break
+            if time.monotonic() >= deadline:
+                log.warning("a read connection stayed busy for %.1fs; left open", self.timeout)
+                return
         try:
             if not entry.closed:
                 entry.closed = True

@@ -317,22 +317,34 @@ class Store:
                 yield tx
             except BaseException:
                 tx._rollback()
+                self._record_tx(tx.writes, committed=False)
                 raise
-            tx._commit()
-            self._record_tx(tx.writes)
+            try:
+                tx._commit()
+            except BaseException:
+                self._record_tx(tx.writes, committed=False)
+                raise
+            self._record_tx(tx.writes, committed=True)
         finally:
             self._tx_local.active = False
             self._engine.end_session(session)
 
-    def _record_tx(self, writes: int) -> None:
-        counters = (
-            self._engine.counters
-            if isinstance(self._engine, LockEngine)
-            else self._engine.state.counters
-        )
-        counters.commits += 1
-        counters.committed += writes
-        counters.largest_batch = max(counters.largest_batch, writes)
+    def _record_tx(self, writes: int, *, committed: bool) -> None:
+        """Count a finished transaction block's write calls in the stats."""
+        engine = self._engine
+        if isinstance(engine, LockEngine):
+            counters, lock = engine.counters, engine._accept_lock
+        else:
+            counters, lock = engine.state.counters, engine.state.lock
+        with lock:  # `accepted` is also bumped by other threads' submits
+            counters.accepted += writes
+        # The other counters are the writer's; it is waiting for this block to end.
+        if committed:
+            counters.commits += 1
+            counters.committed += writes
+            counters.largest_batch = max(counters.largest_batch, writes)
+        else:
+            counters.failed += writes
 
     # --- lifecycle ----------------------------------------------------------------------
 
