@@ -1,0 +1,619 @@
+"""The DuckDB backend (duckdb >= 2.0), imported only when a DuckDB store is opened.
+
+Threading model. A DuckDB connection must never be used by two threads at once (2.0
+refuses overlapping calls; results can still mix), and a cursor is just another
+connection to the same database. So the writer connection belongs to the writer thread
+(queue mode) or to whoever holds the store's lock (lock mode), and every reading thread
+gets its own cursor of the writer connection (`connect_reader`), which shares the
+database, ``:memory:`` included. Closing order matters: readers' cursors are
+interrupted and closed first (``_readers.py``), then the writer is joined, then the
+writer connection is closed; closing the parent while a cursor is busy raises.
+
+Group commit without savepoints. DuckDB has no SAVEPOINT, and the first failing
+statement aborts the whole transaction (every later statement raises "Current
+transaction is aborted", and COMMIT then *silently rolls back*). `commit_group`
+therefore never lets a failure reach COMMIT: when a request fails, the transaction is
+rolled back, the requests that had succeeded before it are replayed and committed in a
+transaction of their own, the failing one gets its error, and the rest carry on in a new
+transaction. Consecutive inserts into the same table and columns go through one
+appender flush (all or nothing); if it fails, the run is split in halves until the
+culprit(s) are found. `run()` functions cannot be replayed (they must run once), so
+each gets a transaction of its own. Before every COMMIT a cheap statement probes the
+transaction: if it was aborted (a statement failed that we did not see, e.g. inside a
+`run()` function that caught the error), the work is rolled back and reported as
+failed, never as committed.
+
+Durability. ``durability="full"`` and ``"normal"`` both mean DuckDB's default
+``fsync_mode=STANDARD``: one fdatasync per commit, which the group commit amortises.
+DuckDB's only weaker mode, ``fsync_mode=NONE``, is a setting of the whole database
+instance (shared with every other connection to the file in this process), and it also
+skips the syncs around checkpoints, so an OS crash or power loss can corrupt the file
+rather than just lose the last commits as SQLite's ``synchronous=NORMAL`` does. No
+correct equivalent exists, so "normal" is treated like "full".
+
+Reads. `read` runs each statement inside ``BEGIN TRANSACTION READ ONLY`` on the
+thread's cursor: the engine refuses every write (``nextval()`` included) and the error
+becomes `ReadOnlyError`. The statement types are also checked first, to close the holes
+a read-only transaction leaves open (SET, CHECKPOINT, ATTACH, COPY ... TO, TEMP
+objects, LOAD, EXPORT): only SELECT-like statements, EXPLAIN, informational PRAGMAs and
+CALLs (except checkpoint) run.
+
+One process writes. DuckDB locks the file for one process (a second one, even
+read-only, fails at once); `connect_writer` turns that into `StoreError` naming the
+process (PID) that holds the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+
+from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
+from ..errors import (
+    DataError,
+    IntegrityError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+    ReadOnlyError,
+    StoreError,
+    register_mapping,
+    translate,
+)
+from . import Config, Outcome
+
+log = logging.getLogger("safestore")
+
+# duckdb classes that derive from DatabaseError directly, without a PEP 249 category.
+register_mapping(duckdb.DependencyException, IntegrityError)  # other objects depend on it
+register_mapping(duckdb.FatalException, InternalError)  # the database was invalidated
+register_mapping(duckdb.InterruptException, OperationalError)  # as sqlite3 "interrupted"
+register_mapping(duckdb.PermissionException, OperationalError)  # disabled by configuration
+register_mapping(duckdb.SequenceException, DataError)  # a sequence ran out of values
+
+_ST = duckdb.StatementType
+# Statement types query() may run (the read-only transaction is still the real guard).
+_READ_TYPES = {_ST.SELECT, _ST.EXPLAIN, _ST.PRAGMA, _ST.CALL}
+# PRAGMAs that only report. Assigning ones (PRAGMA threads=1) are typed SET.
+_INFO_PRAGMAS = {
+    "collations",
+    "database_list",
+    "database_size",
+    "functions",
+    "metadata_info",
+    "platform",
+    "show",
+    "show_databases",
+    "show_tables",
+    "show_tables_expanded",
+    "storage_info",
+    "table_info",
+    "user_agent",
+    "version",
+}
+_PRAGMA_NAME = re.compile(r"\s*pragma\s+(\w+)", re.IGNORECASE)
+_CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b|\bcheckpoint\s*\(", re.IGNORECASE)
+# A cheap pre-filter: only statements containing one of these words are parsed to see
+# whether they are transaction control (which would end the group's transaction).
+_TX_WORDS = re.compile(r"\b(begin|commit|rollback|abort|end|start)\b", re.IGNORECASE)
+_PID = re.compile(r"\(PID (\d+)\)")
+_READ_ONLY_MSG = re.compile(r"read[- ]only", re.IGNORECASE)
+_MAX_APPENDERS = 64
+_DML_TYPES = {_ST.INSERT, _ST.UPDATE, _ST.DELETE, _ST.MERGE_INTO}
+
+# A merged insert unit is a tuple of Insert requests; any other unit holds one request.
+Unit = tuple[Request, ...]
+
+
+def _params(params: Any) -> Any:
+    """duckdb takes parameters only as a list, tuple or dict."""
+    if params is None or isinstance(params, list | tuple | dict):
+        return params
+    if isinstance(params, Mapping):
+        return dict(params)
+    if isinstance(params, Sequence) and not isinstance(params, str | bytes):
+        return list(params)
+    return params
+
+
+def _unquote(name: str) -> str:
+    """The appender takes column names unquoted; `build_insert` gives them quoted."""
+    return name[1:-1].replace('""', '"')
+
+
+def _is_aborted(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.TransactionException) and "aborted" in str(exc)
+
+
+class DuckDBBackend:
+    """`Backend` for DuckDB files and ``:memory:``."""
+
+    name = "duckdb"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        # id() of connections with a write transaction open (only the writer
+        # connection ever has one). Touched only by the thread that holds that
+        # connection (the writer, the lock holder, or a transaction's owner).
+        self._open: set[int] = set()
+        # The subset of `_open` whose BEGIN has not been sent yet. DuckDB's BEGIN never
+        # waits (the file lock is held for the connection's life), so it is deferred to
+        # the first statement: a group that is one appender flush then runs as one
+        # autocommit statement, with no BEGIN/COMMIT round trips (each one a chance for
+        # other threads to take the GIL from the writer).
+        self._lazy: set[int] = set()
+        # The first statement that failed in a transaction() block, to chain it to the
+        # error its COMMIT raises (DuckDB aborted the transaction at that statement).
+        self._failure: dict[int, BaseException] = {}
+        # Appenders of the writer connection by (connection, table, columns), reused
+        # across groups: creating one costs more than flushing a small batch. Writer-
+        # thread state; cleared whenever the schema may have changed (any statement
+        # other than an insert, any rollback) and after a failed flush.
+        self._appenders: dict[tuple[int, str, tuple[str, ...]], Any] = {}
+        # Serialises cursor() calls on the writer connection from reader threads.
+        self._cursor_lock = threading.Lock()
+
+    # --- connections ---------------------------------------------------------------
+
+    def connect_writer(self) -> duckdb.DuckDBPyConnection:
+        cfg = self.config
+        try:
+            return duckdb.connect(cfg.path, read_only=cfg.read_only)
+        except duckdb.IOException as exc:
+            if "Could not set lock" not in str(exc):
+                raise
+            match = _PID.search(str(exc))
+            who = f"another process (PID {match.group(1)})" if match else "another process"
+            raise StoreError(
+                f"{who} holds the DuckDB file {cfg.path!r}: DuckDB allows one writing "
+                "process per file (read_only=True stores in several processes may share "
+                "it only while no process writes)"
+            ) from translate(exc)
+        except duckdb.ConnectionException as exc:
+            if "different configuration" not in str(exc):
+                raise
+            raise StoreError(
+                f"this process already has {cfg.path!r} open with different settings "
+                f"(read_only={not cfg.read_only}); DuckDB cannot open one file both "
+                "read-only and read-write in one process: share one Store instead"
+            ) from translate(exc)
+
+    def connect_reader(self, writer: Any) -> Any:
+        # A cursor shares the database (":memory:" too) with its own transactions. One
+        # per thread; the readers registry never shares it.
+        with self._cursor_lock:
+            return writer.cursor()
+
+    def close(self, conn: Any) -> None:
+        self._appenders.clear()
+        self._open.discard(id(conn))
+        self._lazy.discard(id(conn))
+        self._failure.pop(id(conn), None)
+        try:
+            conn.close()
+        except Exception as exc:  # closing must not mask the reason we are closing
+            log.warning("closing a DuckDB connection failed: %s", exc)
+
+    def interrupt(self, conn: Any) -> None:
+        try:
+            conn.interrupt()
+        except Exception:  # already closed: nothing to interrupt
+            pass
+
+    # --- transactions ----------------------------------------------------------------
+
+    def begin(self, conn: Any) -> None:
+        self._open.add(id(conn))
+        self._lazy.add(id(conn))
+        self._failure.pop(id(conn), None)
+
+    def _started(self, conn: Any) -> None:
+        """Send the deferred BEGIN of the open transaction, if not sent yet."""
+        if id(conn) in self._lazy:
+            conn.execute("BEGIN TRANSACTION")
+            self._lazy.discard(id(conn))
+
+    def _ensure_tx(self, conn: Any) -> None:
+        """Use the transaction the caller opened for the group, else begin a new one."""
+        if id(conn) not in self._open:
+            self.begin(conn)
+        self._started(conn)
+
+    def _forget_tx(self, conn: Any) -> None:
+        self._open.discard(id(conn))
+        self._lazy.discard(id(conn))
+        self._failure.pop(id(conn), None)
+
+    def _probe(self, conn: Any) -> None:
+        """Raise if the open transaction was aborted (COMMIT would silently roll back).
+
+        Also completes any result a run() function left half-read.
+        """
+        try:
+            conn.execute("SELECT 1").fetchall()
+        except duckdb.Error as exc:
+            if not _is_aborted(exc):
+                raise
+            first = self._failure.get(id(conn))
+            err = duckdb.TransactionException(
+                "the transaction was rolled back, not committed: a statement in it failed "
+                f"and DuckDB aborted it ({first or exc})"
+            )
+            raise translate(err) from (first or exc)
+
+    def commit(self, conn: Any) -> None:
+        if id(conn) in self._lazy:  # nothing ran in it
+            self._forget_tx(conn)
+            return
+        try:
+            self._probe(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            self.rollback(conn)
+            raise
+        self._forget_tx(conn)
+
+    def rollback(self, conn: Any) -> None:
+        lazy = id(conn) in self._lazy
+        self._forget_tx(conn)
+        self._appenders.clear()  # a rolled-back CREATE/ALTER would leave them stale
+        if lazy:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except duckdb.TransactionException:
+            pass  # no transaction was open
+        except Exception as exc:
+            log.warning("ROLLBACK failed: %s", exc)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return id(conn) in self._open
+
+    def run_script(self, conn: Any, script: str) -> None:
+        statements = conn.extract_statements(script)
+        if not statements:
+            return
+        self._appenders.clear()
+        self._ensure_tx(conn)
+        try:
+            for stmt in statements:
+                conn.execute(stmt).fetchall()
+            self.commit(conn)
+        except BaseException:
+            self.rollback(conn)
+            raise
+
+    # --- group commit ----------------------------------------------------------------
+
+    def commit_group(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
+        # Entered inside the transaction the caller began; the first attempt (or run()
+        # function) uses it, later ones begin their own. Parts of the group may commit
+        # in separate transactions (in order), so a failing COMMIT never raises here:
+        # it becomes the outcome of the requests it carried (retried one at a time).
+        done: dict[int, Outcome] = {}
+        units: list[Unit] = []
+
+        def flush_units() -> None:
+            if units:
+                self._commit_units(conn, list(units), done)
+                units.clear()
+
+        for req in requests:
+            problem = self._precheck(conn, req)
+            if problem is not None:
+                done[id(req)] = (req, None, problem)
+            elif isinstance(req, Run):
+                flush_units()
+                done[id(req)] = self._run_alone(conn, req)
+            elif isinstance(req, Flush):
+                done[id(req)] = (req, None, None)
+            elif (
+                isinstance(req, Insert)
+                and units
+                and isinstance(last := units[-1][0], Insert)
+                and last.table == req.table
+                and last.columns == req.columns
+            ):
+                units[-1] = (*units[-1], req)
+            else:
+                units.append((req,))
+        flush_units()
+        if id(conn) in self._open:  # the caller's transaction was never used
+            self.rollback(conn)
+        return [done[id(req)] for req in requests]
+
+    def _commit_units(self, conn: Any, queue: list[Unit], done: dict[int, Outcome]) -> None:
+        """Commit `queue` in order, isolating failures (see the module docstring).
+
+        Each failure costs one rollback and at most one extra commit (for the requests
+        before it, replayed), so the work stays linear in the number of requests.
+        """
+        while queue:
+            n_ok, values, exc = self._attempt(conn, queue)
+            if exc is None:
+                self._record(queue, values, done)
+                return
+            if n_ok == len(queue):
+                # Every statement ran but COMMIT failed: no telling which request caused
+                # it, so commit them one at a time.
+                if len(queue) == 1 and len(queue[0]) == 1:
+                    self._record_error(queue[0], exc, done)
+                    return
+                singles = [(req,) for unit in queue for req in unit]
+                for unit in singles:
+                    self._commit_units(conn, [unit], done)
+                return
+            if n_ok:
+                # queue[:n_ok] succeeded but was rolled back with the failure: commit it
+                # on its own (it is strictly shorter, so this terminates).
+                self._commit_units(conn, queue[:n_ok], done)
+                queue = queue[n_ok:]
+            head = queue[0]
+            if len(head) > 1:
+                # A merged insert failed: try each half; the failing request(s) end up
+                # alone and get their own error.
+                mid = len(head) // 2
+                queue = [head[:mid], head[mid:], *queue[1:]]
+            else:
+                self._record_error(head, exc, done)
+                queue = queue[1:]
+
+    def _attempt(
+        self, conn: Any, queue: list[Unit]
+    ) -> tuple[int, list[list[Any]], Exception | None]:
+        """Apply `queue` in one transaction and commit it.
+
+        Returns (units applied, their values, None) on success; on a failure, rolls back
+        and returns (index of the failing unit, values before it, its error), or
+        (len(queue), ..., error) when the commit itself failed.
+
+        Every statement here is ours, and any failure is caught and rolled back before
+        anything else runs, so no aborted transaction can reach this COMMIT: no probe
+        is needed (unlike after a run() function).
+        """
+        if len(queue) == 1 and isinstance(queue[0][0], Insert) and id(conn) in self._lazy:
+            # One appender flush is one statement, atomic in autocommit: no BEGIN or
+            # COMMIT needed (a failed flush leaves nothing behind).
+            self._forget_tx(conn)
+            try:
+                return 1, [self._apply_unit(conn, queue[0])], None
+            except Exception as exc:
+                return 0, [], exc
+        try:
+            self._ensure_tx(conn)
+        except Exception as exc:
+            self.rollback(conn)
+            return 0, [], exc
+        values: list[list[Any]] = []
+        try:
+            for i, unit in enumerate(queue):
+                try:
+                    values.append(self._apply_unit(conn, unit))
+                except Exception as exc:
+                    self.rollback(conn)
+                    return i, values, exc
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:
+                self.rollback(conn)
+                return len(queue), values, exc
+        except BaseException:
+            self.rollback(conn)
+            raise
+        self._forget_tx(conn)
+        return len(queue), values, None
+
+    @staticmethod
+    def _record(queue: list[Unit], values: list[list[Any]], done: dict[int, Outcome]) -> None:
+        for unit, unit_values in zip(queue, values, strict=True):
+            for req, value in zip(unit, unit_values, strict=True):
+                done[id(req)] = (req, value, None)
+
+    @staticmethod
+    def _record_error(unit: Unit, exc: BaseException, done: dict[int, Outcome]) -> None:
+        err = translate(exc)
+        for req in unit:
+            done[id(req)] = (req, None, err)
+
+    def _run_alone(self, conn: Any, req: Run) -> Outcome:
+        """A run() function, called exactly once, in a transaction of its own."""
+        try:
+            self._ensure_tx(conn)
+        except Exception as exc:
+            self.rollback(conn)
+            return (req, None, translate(exc))
+        try:
+            self._appenders.clear()  # fn may change the schema
+            value = req.fn(conn, *req.args, **req.kwargs)
+        except Exception as exc:
+            self.rollback(conn)
+            return (req, None, translate(exc))
+        except BaseException:
+            self.rollback(conn)
+            raise
+        try:
+            self._probe(conn)
+            conn.execute("COMMIT")
+        except duckdb.TransactionException as exc:
+            self.rollback(conn)
+            if "no transaction is active" in str(exc):
+                # The function committed (or rolled back) itself; what it did stands.
+                log.warning(
+                    "a run() function ended the write transaction itself; do not commit in it"
+                )
+                return (req, value, None)
+            return (req, None, translate(exc))
+        except Exception as exc:
+            self.rollback(conn)
+            return (req, None, translate(exc))
+        self._forget_tx(conn)
+        return (req, value, None)
+
+    # --- single requests -------------------------------------------------------------
+
+    def _precheck(self, conn: Any, req: Request) -> Exception | None:
+        """Refuse, before anything runs, statements that would end our transaction."""
+        if not isinstance(req, Execute | ExecuteMany) or not _TX_WORDS.search(req.sql):
+            return None
+        try:
+            statements = conn.extract_statements(req.sql)
+        except (duckdb.Error, ValueError):
+            return None  # let the engine report it when the statement runs
+        if any(s.type == _ST.TRANSACTION for s in statements):
+            return ProgrammingError(
+                "execute() cannot run BEGIN/COMMIT/ROLLBACK: every write call is already "
+                "atomic; use store.transaction() for several statements"
+            )
+        return None
+
+    def _apply_unit(self, conn: Any, unit: Unit) -> list[Any]:
+        first = unit[0]
+        if isinstance(first, Insert):
+            key = (id(conn), first.table, first.columns)
+            appender = self._appenders.get(key)
+            if appender is None:
+                if len(self._appenders) >= _MAX_APPENDERS:
+                    self._appenders.clear()
+                columns = [_unquote(c) for c in first.columns]
+                appender = self._appenders[key] = conn.appender(first.table, columns=columns)
+            try:
+                for req in unit:
+                    appender.append_rows(req.rows)  # type: ignore[attr-defined]
+                appender.flush()
+            except BaseException:
+                appender.clear()  # drop what an append that failed midway kept
+                del self._appenders[key]
+                raise
+            return [Result(len(req.rows), None, []) for req in unit]  # type: ignore[attr-defined]
+        return [self._apply_one(conn, first)]
+
+    def _apply_one(self, conn: Any, request: Request) -> Any:
+        if isinstance(request, Insert):
+            return self._apply_unit(conn, (request,))[0]
+        self._appenders.clear()  # the statement may change the schema
+        if isinstance(request, Execute):
+            conn.execute(request.sql, _params(request.params))
+            rowcount = conn.rowcount
+            rows = conn.fetchall()  # always drain: an open result blocks appender flushes
+            if rowcount == -1 and self._is_dml(conn, request.sql):
+                rowcount = len(rows)  # DML with RETURNING: duckdb reports -1
+            elif rowcount != -1:
+                rows = []  # the engine's one-row count result, not RETURNING rows
+            return Result(rowcount, None, rows)
+        if isinstance(request, ExecuteMany):
+            if not request.seq_of_params:
+                return Result(0, None, [])
+            conn.executemany(request.sql, [_params(p) for p in request.seq_of_params])
+            rowcount = conn.rowcount
+            conn.fetchall()
+            return Result(rowcount, None, [])
+        if isinstance(request, Run):
+            return request.fn(conn, *request.args, **request.kwargs)
+        if isinstance(request, Flush):
+            return None
+        raise TypeError(f"the DuckDB backend cannot apply {type(request).__name__}")
+
+    @staticmethod
+    def _is_dml(conn: Any, sql: str) -> bool:
+        try:
+            statements = conn.extract_statements(sql)
+        except (duckdb.Error, ValueError):
+            return False
+        return bool(statements) and statements[-1].type in _DML_TYPES
+
+    def apply(self, conn: Any, request: Request) -> Any:
+        problem = self._precheck(conn, request)
+        if problem is not None:
+            raise problem
+        try:
+            if id(conn) in self._open:
+                self._started(conn)
+            return self._apply_one(conn, request)
+        except Exception as exc:
+            # DuckDB has aborted the transaction: remember why, for commit's error.
+            self._failure.setdefault(id(conn), exc)
+            raise
+
+    # --- reads -----------------------------------------------------------------------
+
+    def _check_read(self, conn: Any, sql: str) -> bool:
+        """Refuse statements a read-only transaction would let change something.
+
+        Returns False when `sql` holds no statement at all.
+        """
+        try:
+            statements = conn.extract_statements(sql)
+        except ValueError:  # a statement type this duckdb build cannot name
+            statements = None
+        if statements is not None and len(statements) > 1:
+            raise ProgrammingError(
+                f"query() runs one statement at a time; got {len(statements)}: {sql[:200]!r}"
+            )
+        if statements == []:
+            return False
+        stmt = statements[0] if statements else None
+        allowed = stmt is not None and stmt.type in _READ_TYPES
+        if allowed and stmt is not None:
+            text = stmt.query
+            if _CHECKPOINT.search(text):
+                allowed = False
+            elif stmt.type == _ST.PRAGMA:
+                match = _PRAGMA_NAME.match(text)
+                allowed = match is not None and match.group(1).lower() in _INFO_PRAGMAS
+        if not allowed:
+            kind = stmt.type.name if stmt is not None else "unknown"
+            raise ReadOnlyError(
+                f"query() runs read-only statements; a {kind} statement could change the "
+                f"database or its settings: {sql[:200]!r}"
+            )
+        return True
+
+    def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
+        if not self._check_read(conn, sql):
+            return []
+        params = _params(params)
+        if shared and id(conn) in self._open:
+            # tx.query() inside a transaction() block: the write transaction is open on
+            # this connection, so no read-only one can start; the statement check above
+            # is the guard. A failure here aborts the block's transaction (DuckDB).
+            try:
+                self._started(conn)
+                conn.execute(sql, params)
+                return conn.fetchall()  # type: ignore[no-any-return]
+            except Exception as exc:
+                self._failure.setdefault(id(conn), exc)
+                raise
+        conn.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            conn.execute(sql, params)
+            rows: list[tuple[Any, ...]] = conn.fetchall()
+        except duckdb.Error as exc:
+            self._end_read(conn, "ROLLBACK")
+            if _READ_ONLY_MSG.search(str(exc)):
+                raise ReadOnlyError(
+                    f"query() runs read-only statements; this one would change the "
+                    f"database ({exc}): {sql[:200]!r}"
+                ) from translate(exc)
+            raise
+        except BaseException:
+            self._end_read(conn, "ROLLBACK")
+            raise
+        self._end_read(conn, "COMMIT")
+        return rows
+
+    @staticmethod
+    def _end_read(conn: Any, how: str) -> None:
+        try:
+            conn.execute(how)
+        except Exception as exc:  # the rows are already read; nothing was written
+            log.debug("ending a read transaction failed: %s", exc)
+
+
+def make_backend(config: Config) -> DuckDBBackend:
+    """Entry point used by `open_backend`."""
+    return DuckDBBackend(config)
