@@ -30,7 +30,9 @@ class Report:
 
     def line(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
-        text = f"  {self.label:<34} {self.rows:>6} rows  errors: {self.errors:<4} {rate:>9,.0f} rows/s"
+        text = (
+            f"  {self.label:<34} {self.rows:>6} rows  errors: {self.errors:<4} {rate:>9,.0f} rows/s"
+        )
         if self.commits:
             text += f"  commits: {self.commits}, average batch {self.rows / self.commits:.1f}"
         if self.reads:
@@ -103,9 +105,7 @@ def run_naive_sqlite(path: Path) -> Report:
         own = sqlite3.connect(path, timeout=5.0)
         for seq in range(ROWS_PER_WRITER):
             try:
-                own.execute(
-                    "INSERT INTO readings VALUES (?, ?, ?)", (i, seq, seq * 0.5)
-                )
+                own.execute("INSERT INTO readings VALUES (?, ?, ?)", (i, seq, seq * 0.5))
                 own.commit()
             except sqlite3.OperationalError:  # "database is locked"
                 own.rollback()

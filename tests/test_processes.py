@@ -69,6 +69,7 @@ def test_fifty_processes_write_one_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(900)
 def test_five_hundred_processes_write_one_file(tmp_path: Path) -> None:
     """500 processes insert into one SQLite file at the same moment: every row lands."""
     _many_processes(tmp_path, 500, 5)
