@@ -149,7 +149,15 @@ class Store:
         self._tx_local = threading.local()  # .active: this thread has an open transaction()
         in_memory = name == "sqlite" and path == ":memory:"
         self._engine_backend: Backend = open_backend(
-            name, Config(path, durability, self._timeout, read_only, in_memory)
+            name,
+            Config(
+                path,
+                durability,
+                self._timeout,
+                read_only,
+                in_memory,
+                shared_writer=in_memory or mode == "lock",
+            ),
         )
         backend_obj = self._engine_backend
         try:

@@ -314,3 +314,28 @@ def test_public_names() -> None:
     assert sorted(safestore.__all__) == safestore.__all__
     for name in ("Store", "Result", "Stats", "Transaction", "StoreError", "TimeoutError"):
         assert getattr(safestore, name).__module__ == "safestore"
+
+
+@pytest.mark.parametrize("target", ["file", ":memory:"])
+def test_shared_sqlite_connection_has_no_statement_cache(
+    tmp_path: Path, mode: str, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite connection used by several threads in turn (lock mode, :memory:) is
+    opened with cached_statements=0 (CPython gh-118172); the writer's own is cached."""
+    import sqlite3
+
+    from safestore._backends import _sqlite
+
+    seen: list[int] = []
+    real_connect = sqlite3.connect
+
+    def spy(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        seen.append(kwargs["cached_statements"])
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(_sqlite.sqlite3, "connect", spy)
+    path = ":memory:" if target == ":memory:" else db_path(tmp_path, "sqlite")
+    with safestore.Store(path, mode=mode, timeout=WAIT) as store:
+        store.query("SELECT 1")
+    shared = mode == "lock" or target == ":memory:"
+    assert seen[0] == (0 if shared else 128)

@@ -123,7 +123,9 @@ class SQLiteBackend:
         # Lock mode and in-memory stores share this connection between threads, so its
         # statement cache is off (CPython gh-118172: cached statements shared between
         # threads' cursors returned wrong rows).
-        conn = self._connect(read_only=cfg.read_only, cached_statements=0 if cfg.in_memory else 128)
+        conn = self._connect(
+            read_only=cfg.read_only, cached_statements=0 if cfg.shared_writer else 128
+        )
         try:
             if not cfg.read_only:
                 self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
