@@ -1,0 +1,74 @@
+"""`python -m safestore bench` in its small mode: every strategy runs and is reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_small_mode(tmp_path: Path) -> None:
+    """The bench runs every workload and strategy, writes JSON, and finds every row."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "safestore",
+            "bench",
+            "--threads",
+            "4",
+            "--rows",
+            "10",
+            "--bulk-rows",
+            "500",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "threads-wait" in proc.stdout and "ratio" in proc.stdout
+    assert "threads-wait sqlite/full: safestore queue ..." in proc.stderr  # progress
+    data = json.loads(out.read_text())
+    results = data["results"]
+    strategies = {(r["workload"], r["backend"], r["durability"], r["strategy"]) for r in results}
+    for backend, durability in [("sqlite", "full"), ("sqlite", "normal"), ("duckdb", "full")]:
+        for mode in ("queue", "lock"):
+            assert ("threads-wait", backend, durability, f"safestore {mode}") in strategies
+    assert ("threads-wait", "sqlite", "full", "sqlite3: shared connection + Lock") in strategies
+    assert ("threads-wait", "duckdb", "full", "duckdb: cursor per thread (guide)") in strategies
+    assert {r["workload"] for r in results} == {
+        "threads-wait",
+        "threads-nowait",
+        "sequential",
+        "bulk",
+        "reads",
+    }
+    for r in results:
+        assert r["rows_found"] == r["rows_expected"], r
+        assert r["rows_per_s"] > 0, r
+        if r["ours"]:
+            assert r["errors"] == 0, r
+            if r["workload"] != "reads":
+                assert r["ratio"] is not None or r["workload"] == "threads-nowait", r
+
+
+def test_bench_rejects_bad_numbers() -> None:
+    """--threads 0 is refused with a clear message."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "safestore", "bench", "--threads", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 2
+    assert "--threads must be at least 1" in proc.stderr
