@@ -15,6 +15,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -25,7 +26,7 @@ from ._readers import Readers
 from ._requests import Execute, ExecuteMany, Request, Run, TxSession, build_insert
 from ._transaction import Transaction
 from ._writer import QueueEngine, run_group, wait_result
-from .errors import ReadOnlyError, StoreClosedError, StoreError, translate
+from .errors import ProgrammingError, ReadOnlyError, StoreClosedError, StoreError, translate
 
 T = TypeVar("T")
 Params = Sequence[Any] | Mapping[str, Any]
@@ -225,7 +226,8 @@ class Store:
 
     # --- writes -------------------------------------------------------------------------
 
-    def _submit(self, req: Request, wait: bool) -> Any:
+    def _submit(self, req: Request, wait: bool, deadline: float | None = None) -> Any:
+        # `deadline` (time.monotonic()) lets AsyncStore try to queue without waiting.
         self._check_usable()
         if getattr(self._tx_local, "active", False):
             raise StoreError(
@@ -234,7 +236,10 @@ class Store:
             )
         if self._read_only:
             raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
-        deadline = time.monotonic() + self._timeout
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
+        if not wait:
+            req.future = Future()  # the caller gets a real concurrent.futures.Future
         fut = self._engine.submit(req, deadline)
         if not wait:
             return fut
@@ -428,6 +433,15 @@ Store.__module__ = "safestore"
 def _check_sql(sql: object) -> None:
     if not isinstance(sql, str):
         raise TypeError(f"sql must be a str, not {type(sql).__name__}")
+    if not sql.isascii():
+        # Lone surrogates cannot reach an engine: sqlite3 raised UnicodeEncodeError, and
+        # duckdb a bare "std::bad_cast" RuntimeError. Say what is wrong, before queueing.
+        try:
+            sql.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ProgrammingError(
+                f"sql is not valid UTF-8 text ({exc.reason} at position {exc.start})"
+            ) from None
 
 
 def _engine_error(exc: BaseException) -> BaseException:
@@ -489,11 +503,39 @@ def _close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    if not _live:
+        return
     for store in list(_live):
         _orphaned_engines.append(store._engine)
         _orphaned_engines.append(store._readers)
         store._finalizer.detach()
     _live.clear()
+    _never_free(_orphaned_engines)
+
+
+def _never_free(obj: object) -> None:
+    """Keep `obj` (and what it holds) alive past interpreter teardown in a forked child.
+
+    A module-level reference is not enough: teardown clears module dicts, and the
+    inherited connections would then be closed in the child. Closing the last SQLite
+    connection to a WAL file checkpoints it and deletes the parent's -wal and -shm files;
+    destroying the inherited DuckDB instance checkpoints into the parent's file (and
+    crashed the child). One extra reference that is never dropped prevents both; the
+    memory goes back to the OS when the child exits.
+    """
+    global _pinned
+    if _pinned:
+        return
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+        _pinned = True
+    except Exception:  # no ctypes: the module reference is the best we can do
+        pass
+
+
+_pinned = False  # whether _orphaned_engines has its never-dropped reference
 
 
 if hasattr(os, "register_at_fork"):

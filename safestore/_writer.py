@@ -25,13 +25,15 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ._backends import Backend, Outcome
-from ._requests import Request, TxSession
+from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
 log = logging.getLogger("safestore")
 
 #: Most requests one group commit takes off the queue (bounds a batch's latency).
 MAX_BATCH = 5000
+#: Longest the writer waits for a group to fill back up to the previous group's size.
+LINGER = 0.002
 
 
 class _Stop(enum.Enum):
@@ -60,15 +62,19 @@ class Counters:
 class _State:
     """What the callers and the writer thread share.
 
-    `lock` protects `closed`, `broken` and every `queue.put`: a request is enqueued only
-    while the store is open and healthy, and the writer's death or `close()` flips the
-    flag under the same lock, so no request can slip in after the last drain.
+    `lock` protects `closed`, `broken`, `depth` and every `queue.put`: a request is
+    enqueued only while the store is open and healthy, and the writer's death or
+    `close()` flips the flag under the same lock, so no request can slip in after the
+    last drain. `depth` counts requests queued and not yet taken by the writer; callers
+    wait on `space` (a condition on `lock`) only while it is at `max_queue`, so the
+    common path costs one lock round trip and no Python-level semaphore.
     """
 
     def __init__(self, max_queue: int) -> None:
         self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
-        self.slots = threading.BoundedSemaphore(max_queue)
+        self.depth = 0
         self.max_queue = max_queue
         self.closed = False
         self.broken: BaseException | None = None
@@ -80,11 +86,18 @@ class _State:
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
-                return
-            if item is STOP:
-                continue
-            self.slots.release()
-            _fail(item, exc_factory())
+                break
+            if item is not STOP:
+                _fail(item, exc_factory())
+        with self.lock:
+            self.depth = 0
+            self.space.notify_all()  # callers waiting for room see `broken` and raise
+
+    def taken(self, n: int) -> None:
+        """The writer took `n` requests off the queue: make room for that many."""
+        with self.lock:
+            self.depth -= n
+            self.space.notify(n)
 
 
 def _fail(req: Request, exc: BaseException) -> None:
@@ -124,22 +137,21 @@ class QueueEngine:
 
     # --- submitting ------------------------------------------------------------------
 
-    def submit(self, req: Request, deadline: float) -> Future[Any]:
+    def submit(self, req: Request, deadline: float) -> Future[Any] | Waiter:
         """Queue `req`; raises TimeoutError (nothing queued) if no space by `deadline`."""
         state = self.state
-        self._check(state)
-        if not state.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise TimeoutError(
-                f"no room in the write queue after {self.timeout:.1f}s "
-                f"(max_queue={state.max_queue}, queue depth {state.queue.qsize()}); "
-                "nothing of this request was written"
-            )
         with state.lock:
-            try:
+            self._check(state)
+            while state.depth >= state.max_queue:  # full: wait for the writer to take some
+                left = deadline - time.monotonic()
+                if left <= 0 or not state.space.wait(left):
+                    raise TimeoutError(
+                        f"no room in the write queue after {self.timeout:.1f}s "
+                        f"(max_queue={state.max_queue}, queue depth {state.depth}); "
+                        "nothing of this request was written"
+                    )
                 self._check(state)
-            except BaseException:
-                state.slots.release()
-                raise
+            state.depth += 1
             if req.is_write:
                 state.counters.accepted += 1
             state.queue.put(req)
@@ -168,7 +180,7 @@ class QueueEngine:
                 session.done.set()
                 raise TimeoutError(
                     f"the transaction could not start within {self.timeout:.1f}s "
-                    f"(queue depth {self.state.queue.qsize()})"
+                    f"(queue depth {self.state.depth})"
                 )
         if session.error is not None:
             raise session.error
@@ -205,10 +217,10 @@ class QueueEngine:
         self.backend.close(self.conn)
 
     def queue_depth(self) -> int:
-        return self.state.queue.qsize()
+        return max(0, self.state.depth)
 
 
-def wait_result(fut: Future[Any], deadline: float, timeout: float) -> Any:
+def wait_result(fut: Future[Any] | Waiter, deadline: float, timeout: float) -> Any:
     """Wait for a request's future until `deadline`; on timeout withdraw it if possible."""
     try:
         return fut.result(max(0.0, deadline - time.monotonic()))
@@ -254,6 +266,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         return conn_lock if conn_lock is not None else nullcontext()
 
     q = state.queue
+    expected = 1  # how many requests the previous group carried
     while True:
         batch: list[Item] = [q.get()]
         while len(batch) < MAX_BATCH:
@@ -261,6 +274,27 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
                 batch.append(q.get_nowait())
             except queue.Empty:
                 break
+        if len(batch) < expected:
+            # The group commit window. The callers released by the previous commit are
+            # usually about to send their next write, but they need the GIL one after
+            # another to do it, so the queue refills just after we look. Hand the GIL
+            # over (sleep(0)) a few times and drain again while the group keeps growing
+            # towards the previous group's size: groups then stay as large as the number
+            # of busy callers instead of shrinking. A lone caller (expected == 1) never
+            # waits; the window is bounded by LINGER.
+            deadline = time.monotonic() + LINGER
+            while len(batch) < expected and time.monotonic() < deadline:
+                before = len(batch)
+                time.sleep(0)
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                if len(batch) == before:
+                    break
+        expected = min(len(batch), MAX_BATCH)
+        state.taken(sum(1 for item in batch if item is not STOP))
         stop = False
         segment: list[Request] = []
         try:
@@ -268,7 +302,6 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
                 if item is STOP:
                     stop = True
                     continue
-                state.slots.release()
                 if isinstance(item, TxSession):
                     _commit_segment(state, backend, conn, segment, guard)
                     segment = []
@@ -295,9 +328,15 @@ def _commit_segment(
     segment: list[Request],
     guard: Callable[[], AbstractContextManager[Any]],
 ) -> None:
-    counters = state.counters
     with guard():
         live, outcomes, error = run_group(backend, conn, segment)
+    settle(state.counters, live, outcomes, error)
+
+
+def settle(
+    counters: Counters, live: list[Request], outcomes: list[Outcome], error: BaseException | None
+) -> None:
+    """Resolve the futures of a group that `run_group` ran, and count it in the stats."""
     writes = [r for r in live if r.is_write]
     if writes:
         if error is not None:

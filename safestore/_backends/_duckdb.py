@@ -53,7 +53,7 @@ from typing import Any
 
 import duckdb
 
-from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
+from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Rows, Run
 from ..errors import (
     DataError,
     IntegrityError,
@@ -584,14 +584,14 @@ class DuckDBBackend:
             try:
                 self._started(conn)
                 conn.execute(sql, params)
-                return conn.fetchall()  # type: ignore[no-any-return]
+                return Rows(conn.fetchall(), conn.description)
             except Exception as exc:
                 self._failure.setdefault(id(conn), exc)
                 raise
         conn.execute("BEGIN TRANSACTION READ ONLY")
         try:
             conn.execute(sql, params)
-            rows: list[tuple[Any, ...]] = conn.fetchall()
+            rows = Rows(conn.fetchall(), conn.description)
         except duckdb.Error as exc:
             self._end_read(conn, "ROLLBACK")
             if _READ_ONLY_MSG.search(str(exc)):
