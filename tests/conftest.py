@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,6 +87,38 @@ def no_leaked_threads() -> Iterator[None]:
         t.join(WAIT)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"leaked threads: {still}"
+
+
+def _open_files_under(base: str) -> set[tuple[int, str]]:
+    """(fd, path) of this process's descriptors on files under `base` (Linux /proc)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor, another thread)
+            continue
+        if target.startswith(base):
+            found.add((int(fd), target))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail any test that leaves a descriptor open on a file in pytest's temp directory.
+
+    Every file-backed connection, SQLite or DuckDB, writer or reader, holds descriptors
+    on its database files, so this also catches connections left open. (In-memory
+    connections hold none; their stores' threads are checked above.)
+    """
+    if not os.path.isdir("/proc/self/fd"):
+        yield
+        return
+    base = str(tmp_path_factory.getbasetemp())
+    before = _open_files_under(base)
+    yield
+    gc.collect()
+    leaked = _open_files_under(base) - before
+    assert not leaked, f"open file descriptors left behind: {sorted(leaked)}"
 
 
 def count(store: safestore.Store, table: str = "t") -> int:
