@@ -1,0 +1,545 @@
+"""`Connection` of the DB-API facade: per-thread transactions over one `Store`.
+
+See the docstring of `safestore.dbapi` for the model, and _dbapi_tx.py for how one
+thread's transaction is held and ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+from . import errors
+from ._dbapi_cursor import Cursor
+from ._dbapi_sql import Kind, classify, has_returning, split_script
+from ._dbapi_tx import Outcome, ThreadTx, Token, expired_error, run_duckdb, run_sqlite
+from ._store import Store
+from .errors import (
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    ReadOnlyError,
+    Warning,
+)
+
+__all__ = ["LEGACY_TRANSACTION_CONTROL", "Connection", "live"]
+
+log = logging.getLogger("safestore")
+
+#: The value of `autocommit` that leaves transaction control to `isolation_level`
+#: (the same value as Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``).
+LEGACY_TRANSACTION_CONTROL = -1
+
+_ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+
+def _check_isolation_level(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"isolation_level must be str or None, not {type(value).__name__}")
+    if value.upper() not in _ISOLATION_LEVELS:
+        raise ValueError(
+            "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
+        )
+
+
+def _check_autocommit(value: object) -> None:
+    if value is True or value is False:
+        return
+    if type(value) is int and value == LEGACY_TRANSACTION_CONTROL:
+        return
+    raise ValueError(
+        "autocommit must be True, False, or safestore.dbapi.LEGACY_TRANSACTION_CONTROL"
+    )
+
+
+class Connection:
+    """A DB-API connection shared safely by any number of threads. Made by `connect()`.
+
+    Thread-safe: every method may be called from any thread, and acts on the calling
+    thread's transaction. Statements block until they have run, at most `timeout`
+    (also while another thread's transaction holds the writer).
+    """
+
+    Warning = Warning
+    Error = Error
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        isolation_level: str | None = "",
+        autocommit: bool | int = LEGACY_TRANSACTION_CONTROL,
+        _owns: bool = True,
+    ) -> None:
+        _check_isolation_level(isolation_level)
+        _check_autocommit(autocommit)
+        self._store = store
+        self._owns = _owns
+        self._is_sqlite = store.backend == "sqlite"
+        self._isolation_level = isolation_level
+        self._autocommit: bool | int = autocommit
+        #: Called as ``row_factory(cursor, row)``; `sqlite3.Row` works. Copied to new cursors.
+        self.row_factory: Any = None
+        #: What TEXT values become: `str` (default), `bytes`, or a callable given bytes.
+        self.text_factory: Any = str
+        # Guards _closed, _txs, _notes and _changes. Never held while a statement runs.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._store_closed = False
+        self._txs: set[ThreadTx] = set()  # every open thread transaction
+        self._notes: list[str] = []  # warnings from dying threads, logged by a live one
+        self._changes = 0
+        self._local = threading.local()  # .tx: ThreadTx | None, .token, .rowid
+        live.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<safestore.dbapi.Connection {self._store.backend} {self._store.path!r} {state}>"
+
+    # --- attributes -----------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The `Store` underneath (its writer, readers and group commit)."""
+        return self._store
+
+    @property
+    def isolation_level(self) -> str | None:
+        """sqlite3's legacy transaction control: ``""``/``"DEFERRED"``/... or None.
+
+        Setting None commits the calling thread's open transaction (as sqlite3 does).
+        """
+        return self._isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        _check_isolation_level(value)
+        if value is None and self._autocommit == LEGACY_TRANSACTION_CONTROL:
+            self.commit()
+        self._isolation_level = value
+
+    @property
+    def autocommit(self) -> bool | int:
+        """Python 3.12's transaction control attribute.
+
+        `LEGACY_TRANSACTION_CONTROL` (default): `isolation_level` decides. True: every
+        statement commits on its own; `commit()`/`rollback()` do nothing. False: every
+        write runs in a transaction that only `commit()`/`rollback()` end. Setting True
+        commits the calling thread's open transaction.
+        """
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool | int) -> None:
+        _check_autocommit(value)
+        if value is True and self._autocommit is not True:
+            ttx = self._thread_tx()
+            if ttx is not None:
+                self._end(ttx, commit=True)
+        self._autocommit = value
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the calling thread has an open transaction on this connection.
+
+        With ``autocommit=False`` always True, as in sqlite3 (the transaction itself
+        opens at the thread's first write).
+        """
+        self._check_open()
+        if self._autocommit is False:
+            return True
+        ttx: ThreadTx | None = getattr(self._local, "tx", None)
+        return ttx is not None and not ttx.ended and not ttx.expired
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed through this connection, by every thread, since it opened."""
+        self._check_open()
+        return self._changes
+
+    # --- errors ---------------------------------------------------------------------
+
+    def _misuse(self, name: str, message: str) -> Exception:
+        """An error for a misuse: sqlite3's own class (also safestore's) on SQLite."""
+        if self._is_sqlite:
+            return errors.dual_class(getattr(sqlite3, name))(message)  # type: ignore[return-value]
+        cls: type[Exception] = getattr(errors, name)
+        return cls(message)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            # Lock mode: this thread's transaction could not be ended by close() from
+            # another thread (the store's lock is this thread's); end it now.
+            ttx = getattr(self._local, "tx", None)
+            if ttx is not None:
+                self._local.tx = None
+                ttx.rollback()
+            raise self._misuse("ProgrammingError", "Cannot operate on a closed database.")
+        if self._notes:
+            self._flush_notes()
+
+    def _flush_notes(self) -> None:
+        with self._lock:
+            notes, self._notes = self._notes, []
+        for note in notes:
+            log.warning("%s", note)
+
+    # --- cursors and shortcuts ------------------------------------------------------
+
+    def cursor(self, factory: Callable[[Connection], Cursor] | None = None) -> Cursor:
+        """A new cursor (PEP 249). `factory` may be a `Cursor` subclass."""
+        self._check_open()
+        cur = (factory or Cursor)(self)
+        if not isinstance(cur, Cursor):
+            raise TypeError("factory must return a safestore.dbapi.Cursor")
+        return cur
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        """sqlite3 shortcut: a new cursor's `execute`."""
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
+        """sqlite3 shortcut: a new cursor's `executemany`."""
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script: str, /) -> Cursor:
+        """sqlite3 shortcut: a new cursor's `executescript`."""
+        return self.cursor().executescript(sql_script)
+
+    # --- transactions ---------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Commit the calling thread's transaction; nothing else. No-op without one.
+
+        Raises StoreError if the writer rolled it back for idling past `timeout`.
+        """
+        self._check_open()
+        if self._autocommit is True:
+            return
+        ttx = self._thread_tx(raise_expired=False)
+        if ttx is not None:
+            self._end(ttx, commit=True)
+
+    def rollback(self) -> None:
+        """Roll back the calling thread's transaction; nothing else. No-op without one."""
+        self._check_open()
+        if self._autocommit is True:
+            return
+        ttx = self._thread_tx(raise_expired=False)
+        if ttx is not None:
+            self._end(ttx, commit=False)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
+        """Commit the calling thread's work, or roll it back if the block raised.
+
+        Does not close the connection (as in sqlite3).
+        """
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+        return False
+
+    def _thread_tx(self, *, raise_expired: bool = True) -> ThreadTx | None:
+        """The calling thread's open transaction, or None.
+
+        A transaction the writer expired is cleared here; with `raise_expired` the
+        caller learns that its work was rolled back.
+        """
+        ttx: ThreadTx | None = getattr(self._local, "tx", None)
+        if ttx is None:
+            return None
+        if ttx.expired or ttx.ended:
+            self._local.tx = None
+            expired = ttx.expired
+            ttx.rollback()  # release the session (idempotent)
+            if expired and raise_expired:
+                raise expired_error(ttx)
+            if expired:
+                # commit()/rollback(): still report the loss on commit.
+                return ttx
+            return None
+        return ttx
+
+    def _begin(self) -> ThreadTx:
+        """Open the calling thread's transaction on the writer (waits at most `timeout`)."""
+        self._store._check_usable()
+        if self._store._read_only:
+            raise ReadOnlyError(f"the store {self._store.path!r} was opened read-only")
+        ttx = ThreadTx(self._store, self._on_tx_end)
+        token = Token()
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._txs.add(ttx)
+        if closed:  # close() ran meanwhile
+            ttx.rollback()
+            raise self._misuse("ProgrammingError", "Cannot operate on a closed database.")
+        ttx.watch(token)
+        self._local.tx = ttx
+        self._local.token = token
+        return ttx
+
+    def _end(self, ttx: ThreadTx, *, commit: bool) -> None:
+        self._local.tx = None
+        if ttx.expired:
+            ttx.rollback()
+            if commit:
+                raise expired_error(ttx)
+            return
+        if commit:
+            ttx.commit()
+        else:
+            ttx.rollback()
+
+    def _on_tx_end(self, ttx: ThreadTx) -> None:
+        """Called once when any thread transaction ends (in whichever thread ends it)."""
+        with self._lock:
+            self._txs.discard(ttx)
+            if ttx.doomed is not None:
+                self._notes.append(f"rolled back a transaction on {self!r}: {ttx.doomed}")
+            close_store = self._closed and not self._txs and self._owns and not self._store_closed
+            if close_store:
+                self._store_closed = True
+        if close_store:
+            # Possibly in a dying owner thread (its finalizer): closing the store joins
+            # the writer, which is fine from there too.
+            self._close_store()
+
+    # --- running statements ---------------------------------------------------------
+
+    def _runner(self) -> Callable[..., Outcome]:
+        return run_sqlite if self._is_sqlite else run_duckdb
+
+    def _execute(self, sql: str, params: Any, *, many: bool) -> tuple[Outcome, int | None]:
+        """Run one statement for the calling thread; returns (outcome, cursor lastrowid)."""
+        self._check_open()
+        if not isinstance(sql, str):
+            raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+        if many:
+            params = list(params)
+        kind = classify(sql)
+        ttx = self._thread_tx()
+        if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
+            return self._control(kind, ttx), self._rowid()
+        if ttx is None and self._implicit_begin(kind):
+            ttx = self._begin()
+        if ttx is not None:
+            out = ttx.run(self._runner(), sql, params, many, write=kind is not Kind.READ)
+        elif kind is Kind.READ and not many:
+            read = self._read(sql, params)
+            if read is not None:
+                out = read
+            elif self._autocommit is False:  # the engine says it writes
+                out = self._begin().run(self._runner(), sql, params, many, write=True)
+            else:
+                out = self._write(sql, params, many)
+        else:
+            out = self._write(sql, params, many)
+        if out.rowcount > 0 and kind is not Kind.READ:
+            with self._lock:
+                self._changes += out.rowcount
+        if out.lastrowid is not None:
+            self._local.rowid = out.lastrowid
+        return out, self._rowid()
+
+    def _rowid(self) -> int | None:
+        """sqlite3's cursor.lastrowid: this thread's last inserted rowid (0 before any)."""
+        if not self._is_sqlite:
+            return None
+        rowid: int = getattr(self._local, "rowid", 0)
+        return rowid
+
+    def _implicit_begin(self, kind: Kind) -> bool:
+        if kind is Kind.SAVEPOINT:
+            return True  # SAVEPOINT outside a transaction opens one, as in SQLite
+        if self._autocommit is True:
+            return False
+        if self._autocommit is False:
+            return kind is not Kind.READ
+        return kind is Kind.DML and self._isolation_level is not None
+
+    def _control(self, kind: Kind, ttx: ThreadTx | None) -> Outcome:
+        """BEGIN / COMMIT / ROLLBACK written as SQL: act on the calling thread's transaction."""
+        if kind is Kind.BEGIN:
+            if ttx is not None:
+                raise self._misuse(
+                    "OperationalError", "cannot start a transaction within a transaction"
+                )
+            self._begin()
+        elif ttx is None:
+            verb = "commit" if kind is Kind.COMMIT else "rollback"
+            raise self._misuse("OperationalError", f"cannot {verb} - no transaction is active")
+        else:
+            self._end(ttx, commit=kind is Kind.COMMIT)
+        return Outcome([])
+
+    def _read(self, sql: str, params: Any) -> Outcome | None:
+        """A read on the calling thread's read connection; None if the statement writes."""
+        try:
+            rows = self._store.query(sql, params)
+        except ReadOnlyError:
+            return None
+        return Outcome(rows, getattr(rows, "description", None), -1)
+
+    def _write(self, sql: str, params: Any, many: bool) -> Outcome:
+        """A statement outside any transaction: one write call through group commit."""
+        store = self._store
+        if self._is_sqlite:
+            out: Outcome = store.run(run_sqlite, sql, params, many)
+            return out
+        if many:
+            return Outcome([], None, store.executemany(sql, params).rowcount)
+        if has_returning(sql) or ";" in sql.strip().rstrip(";") or classify(sql) is not Kind.DML:
+            out = store.run(run_duckdb, sql, params, False)
+            return out
+        # A plain DuckDB INSERT/UPDATE/DELETE joins other threads' writes in one commit.
+        return Outcome([], None, store.execute(sql, params).rowcount)
+
+    def _executescript(self, script: str) -> None:
+        """sqlite3's executescript: commit this thread's pending transaction (legacy
+        mode), then run each statement with no implicit BEGIN; BEGIN/COMMIT in the
+        script act on the thread's transaction."""
+        self._check_open()
+        if not isinstance(script, str):
+            raise TypeError(f"script argument must be str, not {type(script).__name__}")
+        if self._autocommit == LEGACY_TRANSACTION_CONTROL:
+            ttx = self._thread_tx()
+            if ttx is not None:
+                self._end(ttx, commit=True)
+        saved = self._autocommit
+        for statement in split_script(script):
+            kind = classify(statement)
+            ttx = self._thread_tx()
+            if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
+                self._control(kind, ttx)
+            elif ttx is not None:
+                ttx.run(self._runner(), statement, (), False, write=True)
+            elif kind is Kind.SAVEPOINT or saved is False:
+                self._begin().run(self._runner(), statement, (), False, write=True)
+            else:
+                out = self._read(statement, ()) if kind is Kind.READ else None
+                if out is None:
+                    self._write(statement, (), False)
+
+    # --- sqlite3 extras ---------------------------------------------------------------
+
+    def iterdump(self) -> Iterator[str]:
+        """SQL text that recreates the database (SQLite only), from committed state."""
+        self._check_open()
+        if not self._is_sqlite:
+            raise NotSupportedError("iterdump() is for SQLite; DuckDB has EXPORT DATABASE")
+        lines: list[str] = self._store.run(lambda conn: list(conn.iterdump()))
+        return iter(lines)
+
+    def interrupt(self) -> None:
+        """Not supported: raises NotSupportedError (statements are bounded by `timeout`)."""
+        raise self._misuse(
+            "NotSupportedError",
+            "interrupt() is not supported by safestore connections: every call is bounded "
+            "by the connection's timeout",
+        )
+
+    # --- closing --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Roll back every thread's open transaction and close the store (if owned).
+
+        Idempotent. Later use raises ProgrammingError, from any thread. The calling
+        thread's own transaction is rolled back silently (as sqlite3 does); other
+        threads' are rolled back with a logged warning. In lock mode another thread's
+        transaction can only end in that thread (it owns the store's lock): it is rolled
+        back at its next call or when it ends, and the store closes then.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            txs = list(self._txs)
+        live.discard(self)
+        mine = getattr(self._local, "tx", None)
+        self._local.tx = None
+        for ttx in txs:
+            if ttx is mine:
+                ttx.rollback()
+            else:
+                ttx.abort("the connection was closed by another thread")
+        if self._notes:
+            self._flush_notes()
+        with self._lock:
+            close_store = not self._txs and self._owns and not self._store_closed
+            if close_store:
+                self._store_closed = True
+        if close_store:
+            self._close_store()
+
+    def _close_store(self) -> None:
+        try:
+            self._store.close()
+        except Exception:
+            log.exception("closing the store of %r failed", self)
+
+
+def _unsupported(name: str, why: str) -> Callable[..., Any]:
+    def method(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        raise self._misuse(
+            "NotSupportedError",
+            f"{name}() is not supported by safestore connections: {why}",
+        )
+
+    method.__name__ = name
+    method.__doc__ = f"Not supported: raises NotSupportedError ({why})."
+    return method
+
+
+_PER_CONNECTION = (
+    "each thread reads on its own engine connection, so it would have to be installed on "
+    "all of them; use setup= for per-database SQL"
+)
+for _name in (
+    "create_function",
+    "create_aggregate",
+    "create_window_function",
+    "create_collation",
+    "set_authorizer",
+    "set_progress_handler",
+    "set_trace_callback",
+    "enable_load_extension",
+    "load_extension",
+    "setlimit",
+    "getlimit",
+    "setconfig",
+    "getconfig",
+):
+    setattr(Connection, _name, _unsupported(_name, _PER_CONNECTION))
+for _name in ("backup", "blobopen", "serialize", "deserialize"):
+    setattr(Connection, _name, _unsupported(_name, "it needs exclusive use of one connection"))
+
+Connection.__module__ = "safestore.dbapi"
+Cursor.__module__ = "safestore.dbapi"
+
+# Every open connection, weakly, so the exit hook can roll back open transactions.
+live: weakref.WeakSet[Connection] = weakref.WeakSet()

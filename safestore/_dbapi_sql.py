@@ -1,0 +1,124 @@
+"""How the DB-API facade sorts statements before running them.
+
+sqlite3 decides transaction control from the statement's first keyword (after comments
+and whitespace): an implicit BEGIN goes before INSERT, UPDATE, DELETE and REPLACE only.
+The facade uses the same rule, so programs see the same transaction boundaries, and it
+additionally recognises transaction control statements (BEGIN, COMMIT, ROLLBACK ...),
+which it maps onto the calling thread's transaction instead of sending them to the
+shared writer connection. Everything here is pure text processing: thread-safe.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import sqlite3
+
+__all__ = ["Kind", "classify", "has_returning", "split_script"]
+
+
+class Kind(enum.Enum):
+    """What a statement is, as far as transaction control is concerned."""
+
+    BEGIN = "begin"  # BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION], START TRANSACTION
+    COMMIT = "commit"  # COMMIT, END [TRANSACTION]
+    ROLLBACK = "rollback"  # ROLLBACK, ABORT (not ROLLBACK TO a savepoint)
+    SAVEPOINT = "savepoint"  # SAVEPOINT name: opens a transaction if none is open
+    DML = "dml"  # INSERT, UPDATE, DELETE, REPLACE: sqlite3's implicit BEGIN goes first
+    READ = "read"  # looks like a read; the engine has the last word (a reader refuses writes)
+    OTHER = "other"  # DDL, PRAGMA with a value, RELEASE, ROLLBACK TO, ...
+
+
+# Leading whitespace and comments, as sqlite3 skips them before looking at the keyword.
+_LEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL)
+_WORD = re.compile(r"[A-Za-z_]+")
+_READ_WORDS = {
+    "select",
+    "with",
+    "values",
+    "explain",
+    "pragma",
+    # DuckDB's query statements.
+    "from",
+    "show",
+    "describe",
+    "summarize",
+    "table",
+    "call",
+}
+_DML_WORDS = {"insert", "update", "delete", "replace"}
+_ROLLBACK_TO = re.compile(r"rollback(?:\s+transaction)?\s+to\b", re.IGNORECASE)
+_PRAGMA_SET = re.compile(r"pragma\s+[\w.]+\s*=", re.IGNORECASE)
+_RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
+
+
+def _body(sql: str) -> str:
+    match = _LEAD.match(sql)
+    return sql[match.end() :] if match else sql
+
+
+def classify(sql: str) -> Kind:
+    """Sort one statement by its first keyword (the way sqlite3 does)."""
+    body = _body(sql)
+    match = _WORD.match(body)
+    if match is None:
+        return Kind.OTHER
+    word = match.group(0).lower()
+    if word in _DML_WORDS:
+        return Kind.DML
+    if word == "begin":
+        return Kind.BEGIN
+    if word == "start" and body[match.end() :].lstrip().lower().startswith("transaction"):
+        return Kind.BEGIN
+    if word in ("commit", "end"):
+        return Kind.COMMIT
+    if word == "rollback":
+        return Kind.OTHER if _ROLLBACK_TO.match(body) else Kind.ROLLBACK
+    if word == "abort":
+        return Kind.ROLLBACK
+    if word == "savepoint":
+        return Kind.SAVEPOINT
+    if word == "pragma" and _PRAGMA_SET.match(body):
+        return Kind.OTHER
+    if word in _READ_WORDS:
+        return Kind.READ
+    return Kind.OTHER
+
+
+def has_returning(sql: str) -> bool:
+    """Whether the statement may return rows although it writes (a RETURNING clause).
+
+    A false positive (the word inside a string) only costs a slower path, never a
+    wrong answer.
+    """
+    return _RETURNING.search(sql) is not None
+
+
+def is_insert(sql: str) -> bool:
+    """INSERT or REPLACE: the statements after which sqlite3 updates `lastrowid`."""
+    match = _WORD.match(_body(sql))
+    return match is not None and match.group(0).lower() in ("insert", "replace")
+
+
+def split_script(script: str) -> list[str]:
+    """Split an SQL script into complete statements, in order.
+
+    Uses SQLite's own notion of a complete statement (it knows string literals,
+    comments and ``CREATE TRIGGER ... BEGIN ...; END;``). Text after the last complete
+    statement that is only whitespace or comments is dropped; anything else is kept as a
+    final (incomplete) statement so that the engine reports the syntax error.
+    """
+    statements: list[str] = []
+    start = 0
+    pos = script.find(";")
+    while pos != -1:
+        candidate = script[start : pos + 1]
+        if sqlite3.complete_statement(candidate):
+            if _body(candidate).strip(" \t\r\n;"):
+                statements.append(candidate)
+            start = pos + 1
+        pos = script.find(";", pos + 1)
+    rest = script[start:]
+    if _body(rest).strip():
+        statements.append(rest)
+    return statements

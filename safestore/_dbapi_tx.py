@@ -1,0 +1,239 @@
+"""One thread's open transaction on a DB-API connection, and the raw statement runners.
+
+A thread's transaction is a transaction session on the store's writer (the same
+mechanism as `Store.transaction()`, see `TxSession` in _requests.py): the writer hands
+its connection to the owning thread and waits, so other threads' writes queue behind it
+(queue mode), or the owner holds the store's lock for the whole transaction (lock mode).
+Unlike a `with store.transaction()` block, a DB-API transaction is not lexical: it opens
+at a statement and ends at a later `commit()`/`rollback()`, or never, if the thread dies
+or forgets it. `ThreadTx` covers all of those endings:
+
+- The owner ends it (commit, rollback, connection closed from its own thread).
+- Another thread ends it (the connection is closed): queue mode rolls it back at once
+  (the session lock orders this with the owner's statements); lock mode cannot, because
+  the store's RLock belongs to the owner, so the rollback happens at the owner's next
+  call or when it dies.
+- The owner dies: a token object lives only in the owner's `threading.local`; CPython
+  destroys it when the thread ends, in that thread, and its finalizer rolls back.
+- The owner idles past `timeout` (queue mode): the writer rolls back on its own; the
+  owner learns it at its next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._dbapi_sql import is_insert
+from ._locked import LockEngine
+from ._requests import Run, TxSession
+from ._transaction import Transaction
+from .errors import ProgrammingError, StoreError, translate
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+log = logging.getLogger("safestore")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one statement produced, fetched completely while its connection was held."""
+
+    rows: list[Any]
+    description: Any = None
+    rowcount: int = -1
+    lastrowid: int | None = None  # the rowid of the row it inserted, else None
+
+
+class Token:
+    """Lives only in the owner thread's `threading.local`; its death means the thread ended."""
+
+    __slots__ = ("__weakref__",)
+
+
+class ThreadTx:
+    """The open transaction of one thread on one connection.
+
+    Thread-safety: statements, commit and rollback run on the owner thread; `abort` may
+    be called from any thread. `_end_lock` makes ending happen exactly once.
+    """
+
+    def __init__(self, store: Store, on_end: Callable[[ThreadTx], None]) -> None:
+        self.store = store
+        self.session = TxSession(store._timeout)
+        self.owner = threading.get_ident()
+        self.writes = 0
+        self.ended = False
+        self.doomed: str | None = None  # lock mode: why the owner must roll back at once
+        self._end_lock = threading.Lock()
+        self._on_end = on_end
+        deadline = time.monotonic() + store._timeout
+        try:
+            store._engine.begin_session(self.session, deadline)
+        except Exception as exc:
+            new = translate(exc)
+            if new is exc:
+                raise
+            raise new from exc.__cause__
+        self.tx = Transaction(store._engine_backend, self.session)
+        # A direct store write from this thread now would wait for this very transaction:
+        # make it fail at once instead (the flag Store.transaction() uses).
+        store._tx_local.active = True
+        self.finalizer: weakref.finalize[Any, Any] | None = None
+
+    def watch(self, token: Token) -> None:
+        """Roll back when `token` dies, i.e. when the owner thread has ended."""
+        self.finalizer = weakref.finalize(token, _owner_gone, self)
+        self.finalizer.atexit = False  # exit is handled by the connection's atexit hook
+
+    @property
+    def expired(self) -> bool:
+        """The writer rolled it back after `timeout` idle (queue mode)."""
+        return self.session.expired
+
+    def run(self, fn: Callable[..., Outcome], *args: Any, write: bool) -> Outcome:
+        """Run `fn(conn, *args)` on the writer connection inside this transaction."""
+        if write:
+            self.writes += 1
+        backend = self.store._engine_backend
+        # backend.apply(Run) sends DuckDB's deferred BEGIN and records a failure for the
+        # error COMMIT will raise; on SQLite it just calls fn.
+        req = Run(fn, args, {})
+        out: Outcome = self.tx._use(lambda conn: backend.apply(conn, req))
+        return out
+
+    # --- ending ----------------------------------------------------------------------
+
+    def _claim(self) -> bool:
+        with self._end_lock:
+            if self.ended:
+                return False
+            self.ended = True
+        if self.finalizer is not None:
+            self.finalizer.detach()
+        return True
+
+    def _finish(self, *, committed: bool) -> None:
+        """Release the writer (or the lock) and count the block; owner thread or queue mode."""
+        try:
+            self.store._engine.end_session(self.session)
+        finally:
+            self.store._record_tx(self.writes, committed=committed)
+            if threading.get_ident() == self.owner:
+                self.store._tx_local.active = False
+            self._on_end(self)
+
+    def commit(self) -> None:
+        """Commit (owner thread). Raises StoreError if the writer already rolled it back."""
+        if not self._claim():
+            return
+        committed = False
+        try:
+            self.tx._commit()
+            committed = True
+        finally:
+            self._finish(committed=committed)
+
+    def rollback(self) -> None:
+        """Roll back (owner thread, or any thread in queue mode). Idempotent."""
+        if not self._claim():
+            return
+        try:
+            self.tx._rollback()
+        finally:
+            self._finish(committed=False)
+
+    def abort(self, why: str) -> None:
+        """Roll back from another thread (the connection is closing). Never blocks long.
+
+        Lock mode: the store's lock is owned by the owner thread and only it can release
+        it, so the rollback is left to the owner's next call (or its death).
+        """
+        self.doomed = why  # read by the connection's end hook, which logs it
+        if isinstance(self.store._engine, LockEngine) and threading.get_ident() != self.owner:
+            return
+        self.rollback()
+
+
+def _owner_gone(ttx: ThreadTx) -> None:
+    """Finalizer: the owner thread ended with the transaction open (runs in that thread)."""
+    if ttx.ended:
+        return
+    # Logging here would make threading create a dummy Thread for the dying thread;
+    # the connection logs the warning at its next use instead (see `on_end`).
+    ttx.doomed = "the thread that opened it ended without commit() or rollback()"
+    try:
+        ttx.rollback()
+    except Exception:  # nothing to raise to: the thread is gone
+        log.debug("rolling back a dead thread's transaction failed", exc_info=True)
+
+
+# --- raw statement runners: fn(conn, sql, params, many) on an engine connection -------
+
+
+def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
+    """Run one statement on a sqlite3 connection and fetch everything it returns."""
+    cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
+    try:
+        description = cur.description
+        rows = cur.fetchall() if description is not None else []
+        rowcount = cur.rowcount
+        lastrowid = None
+        if not many and rowcount > 0 and is_insert(sql):
+            lastrowid = cur.lastrowid
+        return Outcome(rows, description, rowcount, lastrowid)
+    finally:
+        cur.close()
+
+
+def duckdb_params(params: Any) -> Any:
+    """duckdb binds only lists, tuples and dicts."""
+    if params is None or isinstance(params, list | tuple | dict):
+        return params
+    if hasattr(params, "keys"):
+        return dict(params)
+    return list(params)
+
+
+def run_duckdb(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
+    """Run one statement on a DuckDB connection and fetch everything it returns."""
+    import duckdb
+
+    statements = conn.extract_statements(sql)
+    if len(statements) > 1:
+        raise ProgrammingError("You can only execute one statement at a time.")
+    st = duckdb.StatementType
+    kind = statements[0].type if statements else None
+    if many:
+        seq = [duckdb_params(p) for p in params]
+        if not seq:
+            return Outcome([], None, 0)
+        conn.executemany(sql, seq)
+        rowcount = conn.rowcount
+        conn.fetchall()
+        return Outcome([], None, rowcount)
+    conn.execute(sql, duckdb_params(params))
+    rowcount = conn.rowcount
+    description = conn.description
+    rows = conn.fetchall() if description is not None else []
+    if kind in (st.INSERT, st.UPDATE, st.DELETE, st.MERGE_INTO):
+        if rowcount != -1:
+            return Outcome([], None, rowcount)  # the engine's count row, not RETURNING
+        return Outcome(rows, description, len(rows))
+    if kind in (st.SELECT, st.EXPLAIN, st.PRAGMA, st.CALL):
+        return Outcome(rows, description, -1)
+    return Outcome([], None, -1)
+
+
+def expired_error(ttx: ThreadTx) -> StoreError:
+    return StoreError(
+        f"this thread's transaction was rolled back, not committed: it was idle for more "
+        f"than {ttx.session.idle_timeout:.1f}s while other threads' writes waited "
+        "(commit sooner, or raise the connection's timeout)"
+    )

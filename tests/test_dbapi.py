@@ -1,0 +1,446 @@
+"""safestore.connect(): PEP 249 conformance and sqlite3 compatibility, on every backend."""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import SCHEMA, WAIT, db_path
+
+import safestore
+from safestore import dbapi
+
+
+@pytest.fixture
+def connect(tmp_path: Path, backend: str, mode: str) -> Iterator[Callable[..., dbapi.Connection]]:
+    """Open connections on this test's backend and mode; all are closed at teardown."""
+    made: list[dbapi.Connection] = []
+
+    def make(target: Any = None, **kwargs: Any) -> dbapi.Connection:
+        if not isinstance(target, safestore.Store):
+            kwargs.setdefault("backend", backend)
+            kwargs.setdefault("mode", mode)
+            kwargs.setdefault("timeout", WAIT)
+        conn = dbapi.connect(target or db_path(tmp_path, backend), **kwargs)
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()
+
+
+@pytest.fixture
+def conn(connect: Callable[..., dbapi.Connection]) -> dbapi.Connection:
+    """A connection with table t(id auto-assigned, v TEXT UNIQUE, n INTEGER)."""
+    return connect(setup=SCHEMA)
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a new thread and return its result (or raise its exception)."""
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:
+            out.append(("err", exc))
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive()
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
+
+
+# --- the module ------------------------------------------------------------------------
+
+
+def test_module_globals() -> None:
+    """apilevel, threadsafety and paramstyle have PEP 249 values."""
+    assert dbapi.apilevel == "2.0"
+    assert dbapi.threadsafety == 2
+    assert dbapi.paramstyle == "qmark"
+    assert safestore.connect is dbapi.connect
+    assert safestore.dbapi is dbapi
+
+
+def test_exception_hierarchy() -> None:
+    """The PEP 249 exception tree is exposed by the module and by connections."""
+    assert issubclass(dbapi.Warning, Exception)
+    assert issubclass(dbapi.Error, Exception)
+    assert issubclass(dbapi.InterfaceError, dbapi.Error)
+    assert issubclass(dbapi.DatabaseError, dbapi.Error)
+    for name in (
+        "DataError",
+        "OperationalError",
+        "IntegrityError",
+        "InternalError",
+        "ProgrammingError",
+        "NotSupportedError",
+    ):
+        assert issubclass(getattr(dbapi, name), dbapi.DatabaseError)
+        assert getattr(dbapi.Connection, name) is getattr(dbapi, name)
+    assert dbapi.Connection.Error is dbapi.Error
+    assert dbapi.Connection.Warning is dbapi.Warning
+
+
+def test_type_objects_and_constructors() -> None:
+    """Type objects compare equal to their engine type codes; constructors build values."""
+    assert dbapi.NUMBER == "INTEGER"
+    assert dbapi.NUMBER == "DECIMAL(18,3)"
+    assert dbapi.STRING == "VARCHAR"
+    assert dbapi.BINARY == "BLOB"
+    assert dbapi.DATETIME == "TIMESTAMP"
+    assert dbapi.ROWID == "ROWID"
+    assert dbapi.NUMBER != "VARCHAR"
+    assert dbapi.STRING != None  # noqa: E711 (SQLite's type_code is None)
+    assert dbapi.Date(2024, 1, 2) == datetime.date(2024, 1, 2)
+    assert dbapi.Time(1, 2, 3) == datetime.time(1, 2, 3)
+    assert dbapi.Timestamp(2024, 1, 2, 3, 4, 5) == datetime.datetime(2024, 1, 2, 3, 4, 5)
+    ticks = 1_700_000_000.0
+    assert dbapi.DateFromTicks(ticks) == datetime.date.fromtimestamp(ticks)
+    assert dbapi.TimestampFromTicks(ticks) == datetime.datetime.fromtimestamp(ticks)
+    assert dbapi.TimeFromTicks(ticks) == datetime.datetime.fromtimestamp(ticks).time()
+    assert bytes(dbapi.Binary(b"\x00\x01")) == b"\x00\x01"
+
+
+def test_duckdb_type_codes(connect: Callable[..., dbapi.Connection], backend: str) -> None:
+    """DuckDB's description type codes compare equal to the matching type objects."""
+    if backend != "duckdb":
+        pytest.skip("SQLite reports no column types (None), like sqlite3")
+    conn = connect()
+    cur = conn.execute(
+        "SELECT 1::INTEGER AS i, 'x' AS s, BLOB 'a' AS b, TIMESTAMP '2024-01-01' AS t"
+    )
+    codes = [d[1] for d in cur.description]
+    assert codes == [dbapi.NUMBER, dbapi.STRING, dbapi.BINARY, dbapi.DATETIME]
+
+
+# --- cursors ---------------------------------------------------------------------------
+
+
+def test_cursor_attributes_before_execute(conn: dbapi.Connection) -> None:
+    """A fresh cursor: no description, rowcount -1, arraysize 1, fetch returns None/[]."""
+    cur = conn.cursor()
+    assert cur.description is None
+    assert cur.rowcount == -1
+    assert cur.lastrowid is None
+    assert cur.arraysize == 1
+    assert cur.connection is conn
+    assert cur.fetchone() is None  # sqlite3's behaviour (PEP 249 would raise)
+    assert cur.fetchall() == []
+    cur.setinputsizes([None])
+    cur.setoutputsize(10)
+    cur.setoutputsize(10, 0)
+
+
+def test_execute_fetch_and_description(conn: dbapi.Connection) -> None:
+    """execute returns the cursor; fetchone/many/all and iteration hand out the rows."""
+    cur = conn.cursor()
+    assert (
+        cur.executemany(
+            "INSERT INTO t (v, n) VALUES (?, ?)", [(c, i) for i, c in enumerate("abcde")]
+        )
+        is cur
+    )
+    assert cur.rowcount == 5
+    assert cur.execute("SELECT v, n FROM t ORDER BY n") is cur
+    assert [d[0] for d in cur.description] == ["v", "n"]
+    assert all(len(d) == 7 for d in cur.description)
+    assert cur.rowcount == -1
+    assert cur.fetchone() == ("a", 0)
+    assert cur.fetchmany() == [("b", 1)]
+    cur.arraysize = 2
+    assert cur.fetchmany() == [("c", 2), ("d", 3)]
+    assert cur.fetchmany(5) == [("e", 4)]
+    assert cur.fetchone() is None
+    cur.execute("SELECT v FROM t ORDER BY n")
+    assert [row for row in cur] == [(c,) for c in "abcde"]
+    cur.execute("SELECT v FROM t WHERE n >= ? ORDER BY n", (3,))
+    assert cur.fetchall() == [("d",), ("e",)]
+    assert cur.fetchall() == []
+
+
+def test_rowcount_and_lastrowid(conn: dbapi.Connection, backend: str) -> None:
+    """rowcount counts changed rows; lastrowid is the inserted rowid (SQLite), None on DuckDB."""
+    cur = conn.execute("INSERT INTO t (v, n) VALUES ('a', 1)")
+    assert cur.rowcount == 1
+    if backend == "sqlite":
+        assert cur.lastrowid == 1
+        assert conn.execute("INSERT INTO t (v) VALUES ('b')").lastrowid == 2
+        assert conn.execute("SELECT 1").lastrowid == 2  # unchanged by a read, as sqlite3
+    else:
+        assert cur.lastrowid is None
+    conn.execute("INSERT INTO t (v, n) VALUES ('c', 1)")
+    assert conn.execute("UPDATE t SET n = 5 WHERE n = 1").rowcount == 2
+    assert conn.execute("DELETE FROM t WHERE v = 'zzz'").rowcount == 0
+
+
+def test_returning(conn: dbapi.Connection) -> None:
+    """INSERT ... RETURNING gives rows and a description, in and out of transactions."""
+    cur = conn.execute("INSERT INTO t (v, n) VALUES ('a', 7) RETURNING v, n")
+    assert [d[0] for d in cur.description] == ["v", "n"]
+    assert cur.fetchall() == [("a", 7)]
+    conn.commit()
+    conn.isolation_level = None
+    cur = conn.execute("INSERT INTO t (v, n) VALUES ('b', 8) RETURNING n")
+    assert cur.fetchall() == [(8,)]
+
+
+def test_closed_cursor_and_connection(conn: dbapi.Connection, backend: str) -> None:
+    """Use after close raises ProgrammingError (sqlite3's class on SQLite); close twice is fine."""
+    expected: type[Exception] = (
+        sqlite3.ProgrammingError if backend == "sqlite" else dbapi.ProgrammingError
+    )
+    cur = conn.cursor()
+    cur.close()
+    cur.close()
+    with pytest.raises(expected, match="closed cursor"):
+        cur.execute("SELECT 1")
+    with pytest.raises(dbapi.ProgrammingError):
+        cur.fetchone()
+    live = conn.cursor()
+    conn.close()
+    conn.close()
+    for call in (conn.cursor, conn.commit, conn.rollback, lambda: conn.execute("SELECT 1")):
+        with pytest.raises(expected, match="closed database"):
+            call()
+    with pytest.raises(dbapi.ProgrammingError, match="closed database"):
+        live.fetchall()
+
+
+def test_statement_errors_keep_engine_classes(conn: dbapi.Connection, backend: str) -> None:
+    """Engine errors are both the engine's class and safestore's (sqlite3 code keeps working)."""
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    conn.commit()
+    with pytest.raises(dbapi.IntegrityError) as info:
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+    assert isinstance(info.value, conn.IntegrityError)
+    if backend == "sqlite":
+        assert isinstance(info.value, sqlite3.IntegrityError)
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT ?", (1, 2))
+        with pytest.raises(sqlite3.ProgrammingError, match="one statement"):
+            conn.execute("SELECT 1; SELECT 2")
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("SELECT * FROM missing")
+    else:
+        import duckdb
+
+        assert isinstance(info.value, duckdb.ConstraintException)
+        with pytest.raises(dbapi.ProgrammingError):
+            conn.execute("INSERT INTO t (v) VALUES ('x'); INSERT INTO t (v) VALUES ('y')")
+    conn.rollback()
+    with pytest.raises(TypeError):
+        conn.execute(42)  # type: ignore[arg-type]
+
+
+# --- transactions on one thread --------------------------------------------------------
+
+
+def test_commit_and_rollback(conn: dbapi.Connection) -> None:
+    """DML opens a transaction; rollback undoes it, commit keeps it."""
+    assert not conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    assert conn.in_transaction
+    conn.rollback()
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn.execute("INSERT INTO t (v) VALUES ('b')")
+    conn.commit()
+    conn.commit()  # nothing open: a no-op
+    conn.rollback()
+    assert conn.execute("SELECT v FROM t").fetchall() == [("b",)]
+
+
+def test_with_block_commits_or_rolls_back(conn: dbapi.Connection) -> None:
+    """`with conn:` commits on success and rolls back on an exception, and does not close."""
+    with conn:
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+    with pytest.raises(ZeroDivisionError), conn:
+        conn.execute("INSERT INTO t (v) VALUES ('b')")
+        raise ZeroDivisionError
+    assert conn.execute("SELECT v FROM t").fetchall() == [("a",)]
+    assert in_thread(lambda: conn.execute("SELECT count(*) FROM t").fetchone()) == (1,)
+
+
+def test_isolation_level_none_autocommits(conn: dbapi.Connection) -> None:
+    """With isolation_level=None each statement commits at once; others see it."""
+    assert conn.isolation_level == ""
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    conn.isolation_level = None  # commits the open transaction, as sqlite3 does
+    assert not conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('b')")
+    assert not conn.in_transaction
+    assert in_thread(lambda: conn.execute("SELECT count(*) FROM t").fetchone()) == (2,)
+    with pytest.raises(ValueError, match="isolation_level"):
+        conn.isolation_level = "SOMETIMES"
+    conn.isolation_level = "IMMEDIATE"
+    conn.execute("INSERT INTO t (v) VALUES ('c')")
+    assert conn.in_transaction
+
+
+def test_explicit_transaction_sql(conn: dbapi.Connection, backend: str) -> None:
+    """BEGIN/COMMIT/ROLLBACK written as SQL act on the calling thread's transaction."""
+    expected: type[Exception] = (
+        sqlite3.OperationalError if backend == "sqlite" else dbapi.OperationalError
+    )
+    conn.isolation_level = None
+    conn.execute("BEGIN")
+    assert conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    with pytest.raises(expected, match="within a transaction"):
+        conn.execute("BEGIN")
+    conn.execute("ROLLBACK")
+    with pytest.raises(expected, match="no transaction is active"):
+        conn.execute("COMMIT")
+    conn.execute("BEGIN TRANSACTION")
+    conn.execute("INSERT INTO t (v) VALUES ('b')")
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT v FROM t").fetchall() == [("b",)]
+
+
+def test_autocommit_attribute(connect: Callable[..., dbapi.Connection]) -> None:
+    """Python 3.12 `autocommit`: True commits each statement, False keeps a transaction."""
+    conn = connect(setup=SCHEMA, autocommit=True)
+    assert conn.autocommit is True
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    assert not conn.in_transaction
+    conn.rollback()  # does nothing in autocommit mode
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    conn.autocommit = False
+    assert conn.in_transaction
+    conn.execute("CREATE TABLE u (x INTEGER)")
+    conn.execute("INSERT INTO t (v) VALUES ('b')")
+    conn.rollback()  # undoes the DDL too
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    conn.execute("INSERT INTO t (v) VALUES ('c')")
+    conn.autocommit = True  # commits the open transaction
+    assert in_thread(lambda: conn.execute("SELECT count(*) FROM t").fetchone()) == (2,)
+    assert conn.autocommit is True
+    conn.autocommit = dbapi.LEGACY_TRANSACTION_CONTROL
+    with pytest.raises(ValueError, match="autocommit"):
+        conn.autocommit = 5
+
+
+def test_executescript(conn: dbapi.Connection) -> None:
+    """executescript commits pending work first, then runs every statement."""
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    cur = conn.executescript(
+        """
+        -- a comment; with a semicolon
+        CREATE TABLE s (x TEXT);
+        INSERT INTO s VALUES ('1;2');
+        BEGIN;
+        INSERT INTO s VALUES ('3');
+        ROLLBACK;
+        """
+    )
+    assert isinstance(cur, dbapi.Cursor)
+    assert not conn.in_transaction
+    assert conn.execute("SELECT x FROM s").fetchall() == [("1;2",)]
+    assert in_thread(lambda: conn.execute("SELECT count(*) FROM t").fetchone()) == (1,)
+
+
+def test_total_changes(conn: dbapi.Connection) -> None:
+    """total_changes counts rows changed through the connection."""
+    assert conn.total_changes == 0
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [("a",), ("b",)])
+    conn.execute("UPDATE t SET n = 1")
+    conn.commit()
+    assert conn.total_changes == 4
+
+
+# --- rows ------------------------------------------------------------------------------
+
+
+def test_row_factories(conn: dbapi.Connection) -> None:
+    """sqlite3.Row, a custom factory and text_factory all shape fetched rows."""
+    conn.execute("INSERT INTO t (v, n) VALUES ('a', 1)")
+    conn.commit()
+    conn.row_factory = sqlite3.Row
+    row = conn.execute('SELECT v, n AS "the n" FROM t').fetchone()
+    assert isinstance(row, sqlite3.Row)
+    assert row["v"] == "a" and row["the n"] == 1 and row[0] == "a"
+    assert row.keys() == ["v", "the n"]
+    assert dict(row) == {"v": "a", "the n": 1}
+    cur = conn.cursor()
+    cur.row_factory = lambda c, r: {d[0]: v for d, v in zip(c.description, r, strict=True)}
+    assert cur.execute("SELECT v FROM t").fetchall() == [{"v": "a"}]
+    conn.row_factory = None
+    conn.text_factory = bytes
+    assert conn.execute("SELECT v, n FROM t").fetchone() == (b"a", 1)
+
+
+# --- connect() options ---------------------------------------------------------------
+
+
+def test_memory_database(backend: str, mode: str) -> None:
+    """':memory:' works, shared by the connection's threads."""
+    conn = dbapi.connect(":memory:", backend=backend, mode=mode, timeout=WAIT)
+    try:
+        conn.execute("CREATE TABLE m (x INTEGER)")
+        conn.execute("INSERT INTO m VALUES (1)")
+        conn.commit()
+        assert in_thread(lambda: conn.execute("SELECT x FROM m").fetchall()) == [(1,)]
+    finally:
+        conn.close()
+
+
+def test_connect_to_a_store(connect: Callable[..., dbapi.Connection], make_store: Any) -> None:
+    """connect(store) shares the store's writer; closing the connection keeps the store open."""
+    store = make_store(setup=SCHEMA)
+    conn = connect(store)
+    store.insert("t", {"v": "from store"})
+    conn.execute("INSERT INTO t (v) VALUES ('from conn')")
+    if store.mode == "queue":  # lock mode: another thread's read waits for the commit
+        assert in_thread(lambda: store.query("SELECT count(*) FROM t")) == [(1,)]
+    conn.commit()
+    assert store.query("SELECT count(*) FROM t") == [(2,)]
+    conn.close()
+    assert not store.closed
+    with pytest.raises(TypeError, match="store's own settings"):
+        dbapi.connect(store, timeout=1)
+
+
+def test_unsupported_options(tmp_path: Path) -> None:
+    """Options that cannot be honoured are refused clearly; harmless ones are accepted."""
+    path = str(tmp_path / "u.db")
+    with pytest.raises(dbapi.NotSupportedError, match="detect_types"):
+        dbapi.connect(path, detect_types=sqlite3.PARSE_DECLTYPES)
+    with pytest.raises(dbapi.NotSupportedError, match="factory"):
+        dbapi.connect(path, factory=sqlite3.Connection)  # type: ignore[arg-type]
+    conn = dbapi.connect(path, 5.0, check_same_thread=True, cached_statements=10)
+    try:
+        with pytest.raises(sqlite3.NotSupportedError, match="create_function"):
+            conn.create_function("f", 1, abs)  # type: ignore[attr-defined]
+        assert any("CREATE" in line for line in conn.iterdump()) is False
+    finally:
+        conn.close()
+
+
+def test_uri_read_only(tmp_path: Path) -> None:
+    """uri=True understands file: URIs with mode=ro (writes are refused)."""
+    path = tmp_path / "ro.db"
+    writer = dbapi.connect(str(path), isolation_level=None)
+    writer.execute("CREATE TABLE r (x INTEGER)")
+    writer.execute("INSERT INTO r VALUES (1)")
+    writer.close()
+    conn = dbapi.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("SELECT x FROM r").fetchall() == [(1,)]
+        with pytest.raises(safestore.ReadOnlyError):
+            conn.execute("INSERT INTO r VALUES (2)")
+    finally:
+        conn.close()
+    with pytest.raises(dbapi.NotSupportedError, match="cache"):
+        dbapi.connect(f"file:{path}?cache=shared", uri=True)

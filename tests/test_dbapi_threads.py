@@ -1,0 +1,242 @@
+"""safestore.connect(): one connection shared by threads, each with its own transaction."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import SCHEMA, WAIT, db_path
+
+import safestore
+from safestore import dbapi
+
+
+@pytest.fixture
+def conn(tmp_path: Path, backend: str, mode: str) -> Iterator[dbapi.Connection]:
+    """A shared connection with table t(id, v TEXT UNIQUE, n INTEGER)."""
+    c = dbapi.connect(
+        db_path(tmp_path, backend), backend=backend, mode=mode, timeout=WAIT, setup=SCHEMA
+    )
+    yield c
+    c.close()
+
+
+class Worker:
+    """A thread that runs `fn` and keeps its result or exception; `done` is set after."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main)
+        self.thread.start()
+
+    def _main(self) -> None:
+        self.started.set()
+        try:
+            self.result = self.fn()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def join(self) -> Any:
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "worker thread hung"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def values(conn: dbapi.Connection) -> list[str]:
+    """Committed values of t, read from a fresh thread (its own view)."""
+    return Worker(lambda: [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")]).join()  # type: ignore[no-any-return]
+
+
+def test_uncommitted_writes_visible_only_to_their_thread(conn: dbapi.Connection, mode: str) -> None:
+    """Thread A sees its own uncommitted insert on every cursor; thread B never does."""
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    other_cursor = conn.cursor()
+    assert other_cursor.execute("SELECT v FROM t").fetchall() == [("a",)]
+    reader = Worker(lambda: conn.execute("SELECT count(*) FROM t").fetchone())
+    if mode == "queue":
+        # Queue mode: B reads the committed state at once, without waiting for A.
+        assert reader.join() == (0,)
+    assert reader.started.wait(WAIT)
+    conn.rollback()
+    # Lock mode: B waited for the store's lock; either way it never saw A's row.
+    assert reader.join() == (0,)
+    assert values(conn) == []
+
+
+def test_other_threads_writes_wait_for_commit(conn: dbapi.Connection) -> None:
+    """B's write waits while A's transaction is open, then runs; nothing fails."""
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+
+    def write_b() -> list[str]:
+        conn.execute("INSERT INTO t (v) VALUES ('b')")
+        seen = [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")]
+        conn.commit()
+        return seen
+
+    b = Worker(write_b)
+    assert b.started.wait(WAIT)
+    assert not b.done.wait(0.3), "B's write ran while A's transaction was open"
+    conn.commit()
+    assert b.join() == ["a", "b"]  # B's transaction began after A's commit
+    assert values(conn) == ["a", "b"]
+
+
+def test_rollback_undoes_exactly_own_work(conn: dbapi.Connection) -> None:
+    """A's rollback undoes A's statements only; B's queued write commits after it."""
+    conn.execute("INSERT INTO t (v) VALUES ('before')")
+    conn.commit()
+    conn.execute("INSERT INTO t (v) VALUES ('a1')")
+    conn.execute("UPDATE t SET n = 1")
+
+    def write_b() -> None:
+        with conn:
+            conn.execute("INSERT INTO t (v) VALUES ('b')")
+
+    b = Worker(write_b)
+    assert b.started.wait(WAIT)
+    conn.rollback()
+    b.join()
+    assert values(conn) == ["b", "before"]
+    assert conn.execute("SELECT count(*) FROM t WHERE n IS NOT NULL").fetchone() == (0,)
+
+
+def test_commit_from_a_thread_without_transaction_is_noop(conn: dbapi.Connection) -> None:
+    """B's commit() and rollback() do not touch A's open transaction."""
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    Worker(lambda: (conn.commit(), conn.rollback())).join()
+    assert Worker(lambda: conn.in_transaction).join() is False
+    assert conn.in_transaction
+    conn.commit()
+    assert values(conn) == ["a"]
+
+
+def test_dead_thread_transaction_is_rolled_back(
+    conn: dbapi.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thread that ends with an open transaction is rolled back at once, with a warning."""
+
+    def forget() -> None:
+        conn.execute("INSERT INTO t (v) VALUES ('lost')")
+
+    Worker(forget).join()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="safestore"):
+        with conn:
+            conn.execute("INSERT INTO t (v) VALUES ('kept')")
+    # Not the idle timeout (WAIT): the thread's end released the writer.
+    assert time.monotonic() - started < WAIT / 3
+    assert values(conn) == ["kept"]
+    assert any("ended without commit" in r.getMessage() for r in caplog.records)
+
+
+def test_idle_transaction_expires(tmp_path: Path, backend: str) -> None:
+    """Queue mode: a transaction idle past `timeout` is rolled back; its commit says so."""
+    conn = dbapi.connect(db_path(tmp_path, backend), backend=backend, timeout=0.5, setup=SCHEMA)
+    try:
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+        session = conn._local.tx.session
+        assert session.done.wait(WAIT)  # the writer expired it
+        assert session.expired
+        assert not conn.in_transaction
+        with pytest.raises(safestore.StoreError, match="rolled back"):
+            conn.commit()
+        conn.execute("INSERT INTO t (v) VALUES ('b')")
+        conn.commit()
+        assert values(conn) == ["b"]
+    finally:
+        conn.close()
+
+
+def test_close_rolls_back_other_threads(
+    tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queue mode: close() rolls back another thread's open transaction, with a warning."""
+    conn = dbapi.connect(db_path(tmp_path, backend), backend=backend, timeout=WAIT, setup=SCHEMA)
+    opened, closed = threading.Event(), threading.Event()
+
+    def a() -> None:
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+        opened.set()
+        assert closed.wait(WAIT)
+        conn.commit()
+
+    worker = Worker(a)
+    assert opened.wait(WAIT)
+    with caplog.at_level(logging.WARNING, logger="safestore"):
+        conn.close()
+    assert any("closed by another thread" in r.getMessage() for r in caplog.records)
+    closed.set()
+    with pytest.raises(dbapi.ProgrammingError, match="closed database"):
+        worker.join()
+    with safestore.Store(db_path(tmp_path, backend), backend=backend) as store:
+        assert store.query("SELECT count(*) FROM t") == [(0,)]
+
+
+def test_lastrowid_is_per_thread(conn: dbapi.Connection, backend: str) -> None:
+    """Each thread's cursor.lastrowid is its own last insert (SQLite)."""
+    if backend != "sqlite":
+        pytest.skip("DuckDB has no rowids")
+    conn.isolation_level = None
+    mine = conn.execute("INSERT INTO t (v) VALUES ('a')").lastrowid
+    theirs = Worker(lambda: conn.execute("INSERT INTO t (v) VALUES ('b')").lastrowid).join()
+    assert (mine, theirs) == (1, 2)
+    assert conn.execute("SELECT 1").lastrowid == 1
+
+
+@pytest.mark.parametrize("isolation_level", ["", None])
+def test_many_threads_insert_and_commit(conn: dbapi.Connection, isolation_level: Any) -> None:
+    """16 threads x 10 inserts, each committed, on one shared connection: every row lands."""
+    conn.isolation_level = isolation_level
+    barrier = threading.Barrier(16)
+
+    def work(i: int) -> None:
+        barrier.wait(WAIT)
+        cur = conn.cursor()
+        for j in range(10):
+            cur.execute("INSERT INTO t (v, n) VALUES (?, ?)", (f"{i}-{j}", i))
+            conn.commit()
+        assert cur.execute("SELECT count(*) FROM t WHERE n = ?", (i,)).fetchone() == (10,)
+
+    workers = [Worker(lambda i=i: work(i)) for i in range(16)]
+    for w in workers:
+        w.join()
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (160,)
+
+
+def test_lock_mode_close_defers_to_owner(tmp_path: Path, backend: str) -> None:
+    """Lock mode: close() leaves another thread's transaction to that thread, which rolls it
+    back at its next call; the store closes then."""
+    conn = dbapi.connect(
+        db_path(tmp_path, backend), backend=backend, mode="lock", timeout=WAIT, setup=SCHEMA
+    )
+    opened, closed = threading.Event(), threading.Event()
+
+    def a() -> None:
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+        opened.set()
+        assert closed.wait(WAIT)
+        conn.execute("INSERT INTO t (v) VALUES ('b')")
+
+    worker = Worker(a)
+    assert opened.wait(WAIT)
+    conn.close()  # returns at once although A holds the store's lock
+    assert not conn.store.closed
+    closed.set()
+    with pytest.raises(dbapi.ProgrammingError, match="closed database"):
+        worker.join()
+    assert conn.store.closed
+    with safestore.Store(db_path(tmp_path, backend), backend=backend) as store:
+        assert store.query("SELECT count(*) FROM t") == [(0,)]
