@@ -10,6 +10,8 @@ from __future__ import annotations
 from ._requests import Result
 from ._store import Stats, Store
 from ._transaction import Transaction
+from .aio import AsyncStore, AsyncTransaction
+from .dbapi import connect
 from .errors import (
     DatabaseError,
     DataError,
@@ -30,6 +32,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncStore",
+    "AsyncTransaction",
     "DataError",
     "DatabaseError",
     "Error",
@@ -49,4 +53,6 @@ __all__ = [
     "Transaction",
     "Warning",
     "__version__",
+    "connect",
+    "dbapi",
 ]

@@ -1,0 +1,497 @@
+"""`AsyncStore`: the `Store` API for asyncio programs, without ever blocking the loop.
+
+How each kind of call avoids blocking the event loop:
+
+- Writes (queue mode). The request is put on the writer's queue from the loop thread
+  with a deadline of "now", which never waits; the coroutine then awaits the request's
+  `concurrent.futures.Future` through `asyncio.wrap_future`. Only when the queue is full
+  (backpressure) is the submission handed to a thread, which waits for room.
+- Writes (lock mode, and read-only stores). The write runs on the caller's thread in
+  `Store`, holding the store's lock and committing: here that thread is one of the
+  store's helper threads, never the loop's.
+- Reads, `flush()` and `close()` run on the helper threads (a small
+  `ThreadPoolExecutor` per `AsyncStore`, threads named ``safestore-aio-<file>``); each
+  helper thread keeps its own read connection, like any thread using a `Store`.
+- A transaction runs on a thread of its own (a one-thread executor per
+  `async with store.transaction()` block): the writer connection is handed to the thread
+  that opened the block, and in lock mode the store's lock must be released by the
+  thread that took it, so every statement, the commit and the rollback of one block run
+  on the same thread.
+
+Cancellation. A write is never applied in part. When the task awaiting a write is
+cancelled (or the store's `timeout` passes), the write is withdrawn if the engine has
+not started it yet, and then nothing of it is written; once the engine has started it,
+it runs to the end and commits (or fails) whole, and the task is cancelled all the
+same. Whatever had committed before stays committed. A transaction block left by a
+cancellation is rolled back, like one left by any other exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from ._requests import Execute, ExecuteMany, Request, Result, Run, build_insert
+from ._store import Stats, Store
+from ._transaction import Transaction
+from ._writer import QueueEngine
+from .errors import StoreClosedError, StoreError, TimeoutError
+
+__all__ = ["AsyncStore", "AsyncTransaction"]
+
+T = TypeVar("T")
+Params = Sequence[Any] | Mapping[str, Any]
+
+
+class _Rollback(Exception):
+    """Thrown into the sync transaction block to make it roll back."""
+
+
+class AsyncStore:
+    """One database shared safely by any number of asyncio tasks (and threads).
+
+    Takes the same arguments as `Store`, plus ``threads``, and has the same methods as
+    coroutines. Use it as ``async with AsyncStore("app.db") as store:`` or call
+    `close()`. Opening runs on the calling thread (it connects and runs `setup`); use
+    ``await AsyncStore.open(...)`` to open it on a helper thread instead.
+
+    Every coroutine is safe to run from any number of tasks at once, and none of them
+    blocks the event loop: writes await the writer, reads and other blocking work run on
+    helper threads. Each call is bounded by the store's `timeout`, like `Store`'s.
+
+    Args:
+        target: a path, ``":memory:"``, or a ``sqlite:///`` / ``duckdb:///`` URL.
+        threads: helper threads for reads, lock-mode writes and `flush`; at most this
+            many reads run at once. Default 4.
+        backend: ``"sqlite"``, ``"duckdb"`` or None (from the URL or file suffix).
+        mode: ``"queue"`` (writer thread, group commit) or ``"lock"``.
+        durability: ``"full"`` (survives power loss) or ``"normal"`` (a process crash).
+        timeout: seconds any one call may wait, as for `Store`.
+        max_queue: bound on queued writes (backpressure).
+        setup: SQL script or callable ``fn(conn)`` run once at open.
+        read_only: open for reading only.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str],
+        *,
+        threads: int = 4,
+        backend: Literal["sqlite", "duckdb"] | None = None,
+        mode: Literal["queue", "lock"] = "queue",
+        durability: Literal["full", "normal"] = "full",
+        timeout: float = 30.0,
+        max_queue: int = 10_000,
+        setup: str | Callable[[Any], object] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, not {threads!r}")
+        self._store = Store(
+            target,
+            backend=backend,
+            mode=mode,
+            durability=durability,
+            timeout=timeout,
+            max_queue=max_queue,
+            setup=setup,
+            read_only=read_only,
+        )
+        self._timeout = timeout
+        # Queue mode can enqueue from the loop thread without waiting; everything else
+        # that writes (lock mode, read-only stores refusing) goes through a helper.
+        self._queued = isinstance(self._store._engine, QueueEngine)
+        name = os.path.basename(self._store.path) or self._store.path
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"safestore-aio-{name}")
+        # Set once by the first close(); later close() calls await the same work.
+        self._closing: Future[None] | None = None
+        self._close_lock = threading.Lock()  # guards _closing (close() from several loops)
+        # Tasks inside one of this store's transaction blocks. A store write from such a
+        # task would queue behind its own block and wait for it to end, which it never
+        # would: it is refused instead. (Only the task itself: a task it started may
+        # write, and simply waits for the block to end.) Touched only on loop threads.
+        self._block_tasks: set[asyncio.Task[Any] | None] = set()
+
+    @classmethod
+    async def open(cls, target: str | os.PathLike[str], **kwargs: Any) -> AsyncStore:
+        """Open a store on a helper thread, so that connecting and `setup` never block
+        the loop. Takes the same arguments as `AsyncStore`."""
+        return await asyncio.to_thread(functools.partial(cls, target, **kwargs))
+
+    # --- attributes ---------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        """The underlying `Store`, to share with threads of the same program."""
+        return self._store
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"duckdb"``."""
+        return self._store.backend
+
+    @property
+    def mode(self) -> str:
+        """``"queue"`` or ``"lock"``."""
+        return self._store.mode
+
+    @property
+    def path(self) -> str:
+        """The database file path, or ``":memory:"``."""
+        return self._store.path
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` has been called."""
+        return self._closing is not None or self._store.closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<safestore.AsyncStore {self.backend} {self.path!r} mode={self.mode} {state}>"
+
+    # --- writes -------------------------------------------------------------------------
+
+    async def insert(
+        self, table: str, row_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> Result:
+        """Insert one row (a mapping) or many rows (mappings with the same keys).
+
+        Returns once committed, with a `Result`. See `Store.insert`.
+        """
+        self._check_write()
+        result: Result = await self._write(build_insert(table, row_or_rows))
+        return result
+
+    async def execute(self, sql: str, params: Params = ()) -> Result:
+        """Run one write statement on the writer; returns once committed."""
+        self._check_write()
+        _check_sql(sql)
+        result: Result = await self._write(Execute(sql, params))
+        return result
+
+    async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Result:
+        """Run one statement for every parameter set, atomically; `rowcount` is summed."""
+        self._check_write()
+        _check_sql(sql)
+        result: Result = await self._write(ExecuteMany(sql, list(seq_of_params)))
+        return result
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Call ``fn(conn, *args, **kwargs)`` on the writer inside one transaction.
+
+        `fn` is a plain (not async) function; it runs on the writer thread (queue mode)
+        or a helper thread (lock mode), never on the loop. See `Store.run`.
+        """
+        self._check_write()
+        if not callable(fn):
+            raise TypeError(f"run() needs a callable, not {type(fn).__name__}")
+        value: T = await self._write(Run(fn, args, kwargs))
+        return value
+
+    async def _write(self, req: Request) -> Any:
+        """Submit `req` without blocking the loop and await its outcome (see the module
+        docstring for what cancellation and timeouts do)."""
+        loop = asyncio.get_running_loop()
+        store = self._store
+        deadline = time.monotonic() + self._timeout
+        handed_off: asyncio.Future[Any] | None = None
+        if self._queued:
+            try:
+                # A deadline already passed: takes a free queue slot or fails at once.
+                store._submit(req, False, time.monotonic())
+            except TimeoutError:
+                # The queue is full: wait for room on a helper thread.
+                handed_off = self._to_pool(loop, store._submit, req, False, deadline)
+        else:
+            handed_off = self._to_pool(loop, store._submit, req, False, deadline)
+        scope: asyncio.Timeout | None = None
+        try:
+            if handed_off is not None:
+                # Raises what submitting raised: closed store, no room or lock in time.
+                await handed_off
+            # Wrapping ties cancellation of this await to req.future.cancel(), which
+            # withdraws the request if the engine has not claimed it.
+            assert isinstance(req.future, Future)  # _submit(wait=False) made it one
+            waiter = asyncio.wrap_future(req.future)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())) as scope:
+                return await waiter
+        except builtins.TimeoutError:
+            if scope is not None and scope.expired():
+                return self._after_timeout(req)
+            raise  # the write's own error, or no room in the queue / no lock in time
+        except BaseException:
+            # Cancelled (or the submission failed): withdraw the request if the engine
+            # has not started it. The race with the engine is decided by the future's
+            # own lock: either cancel() wins (nothing written) or the engine's claim
+            # does (it is written whole).
+            req.future.cancel()
+            raise
+
+    def _after_timeout(self, req: Request) -> Any:
+        fut = req.future
+        withdrawn = fut.cancel()
+        if not withdrawn and fut.done():  # finished in the meantime
+            return fut.result()
+        what = (
+            "it was withdrawn and nothing of it was written"
+            if withdrawn
+            else "it had already started and may still commit"
+        )
+        raise TimeoutError(f"no result after {self._timeout:.1f}s; {what}") from None
+
+    def _check_write(self) -> None:
+        self._check_open()
+        if self._in_block():
+            raise StoreError(
+                "this task has an open transaction() on this store: write through the "
+                "`tx` object (a store write here would wait for the block to end: a deadlock)"
+            )
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement on a helper thread and return all rows.
+
+        Never queued behind writes (queue mode). Raises `ReadOnlyError` if the
+        statement would write. See `Store.query`.
+        """
+        self._check_read()
+        rows: list[tuple[Any, ...]] = await self._in_pool(self._store.query, sql, params)
+        return rows
+
+    async def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """Like `query` but return only the first row, or None."""
+        rows = await self.query(sql, params)
+        return rows[0] if rows else None
+
+    def _check_read(self) -> None:
+        self._check_open()
+        if self.mode == "lock" and self._in_block():
+            # In lock mode the block holds the store's lock until it ends.
+            raise StoreError(
+                "this task has an open transaction() on a lock-mode store: read through "
+                "the `tx` object (a store read here would wait for the block to end)"
+            )
+
+    # --- transactions -------------------------------------------------------------------
+
+    def transaction(self) -> _TransactionBlock:
+        """Run several statements atomically: ``async with store.transaction() as tx:``.
+
+        Commits when the block exits normally; rolls back if it raises or its task is
+        cancelled. Other writers wait while it is open, so keep it short. Opening waits
+        (without blocking the loop) until the writer can start it, at most `timeout`.
+        """
+        return _TransactionBlock(self)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Return once every write accepted before this call has committed or failed."""
+        self._check_open()
+        await self._in_pool(self._store.flush, timeout)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit everything accepted, stop the writer, close every connection.
+
+        Idempotent; later calls raise `StoreClosedError`. The work runs on a thread and
+        is not interrupted if the awaiting task is cancelled.
+        """
+        with self._close_lock:
+            if self._closing is None:
+                self._closing = _start_thread(self._close_now, timeout)
+            closing = self._closing
+        await asyncio.shield(asyncio.wrap_future(closing))
+
+    def _close_now(self, timeout: float | None) -> None:
+        try:
+            self._store.close(timeout)
+        finally:
+            # Reads still queued fail (the store is closed); running ones end soon.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def stats(self) -> Stats:
+        """A snapshot of the store's counters (never waits; a coroutine to mirror the
+        rest of the API)."""
+        return self._store.stats()
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _in_block(self) -> bool:
+        return bool(self._block_tasks) and asyncio.current_task() in self._block_tasks
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosedError(f"{self!r} is closed")
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._to_pool(asyncio.get_running_loop(), fn, *args)
+
+    def _to_pool(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        try:
+            return loop.run_in_executor(self._pool, fn, *args)
+        except RuntimeError:
+            # The pool was shut down by a close() that raced with this call.
+            raise StoreClosedError(f"{self!r} is closed") from None
+
+
+AsyncStore.__module__ = "safestore"
+
+
+class AsyncTransaction:
+    """The statements of one ``async with store.transaction() as tx:`` block.
+
+    Every call runs on the block's own thread, one at a time, on the writer connection;
+    nothing is visible to others until the block exits normally and commits. A failing
+    statement raises here and leaves the block open.
+    """
+
+    def __init__(self, thread: ThreadPoolExecutor, tx: Transaction) -> None:
+        self._thread = thread
+        self._tx = tx
+        self._ended = False
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._ended:
+            raise StoreError("this transaction has already ended")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, fn, *args)
+
+    async def execute(self, sql: str, params: Params = ()) -> Result:
+        """Run one statement in the transaction and return its `Result`."""
+        return await self._call(self._tx.execute, sql, params)
+
+    async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Result:
+        """Run one statement per parameter set; `rowcount` is summed."""
+        return await self._call(self._tx.executemany, sql, list(seq_of_params))
+
+    async def insert(
+        self, table: str, row_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> Result:
+        """Insert one mapping or a sequence of mappings (same keys) into `table`."""
+        return await self._call(self._tx.insert, table, row_or_rows)
+
+    async def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement; it sees this block's own uncommitted writes."""
+        return await self._call(self._tx.query, sql, params)
+
+    async def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
+        """Like `query` but return only the first row, or None."""
+        return await self._call(self._tx.query_one, sql, params)
+
+
+AsyncTransaction.__module__ = "safestore"
+
+
+class _TransactionBlock:
+    """The async context manager returned by `AsyncStore.transaction()`.
+
+    It drives the sync `Store.transaction()` context manager on a one-thread executor.
+    Entering and leaving are submitted to that executor directly (not cancelled with
+    the task): once submitted they run, in order, so a block that was granted is always
+    committed or rolled back on the thread that owns it, even if its task is cancelled
+    while it waits.
+    """
+
+    def __init__(self, owner: AsyncStore) -> None:
+        self._owner = owner
+        self._thread: ThreadPoolExecutor | None = None
+        self._cm: Any = None
+        self._tx: AsyncTransaction | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> AsyncTransaction:
+        owner = self._owner
+        owner._check_open()
+        if owner._in_block():
+            raise StoreError("transactions do not nest: this task already has one open")
+        name = os.path.basename(owner.path) or owner.path
+        thread = ThreadPoolExecutor(1, thread_name_prefix=f"safestore-aio-tx-{name}")
+        cm = owner._store.transaction()
+        entering = thread.submit(cm.__enter__)
+        try:
+            tx: Transaction = await asyncio.shield(asyncio.wrap_future(entering))
+        except BaseException:
+            # Cancelled while waiting for the grant (or it failed): the queued undo runs
+            # after the enter on the same thread, and rolls back if it was granted.
+            thread.submit(_undo_enter, entering, cm)
+            thread.shutdown(wait=False)
+            raise
+        self._thread, self._cm = thread, cm
+        self._tx = AsyncTransaction(thread, tx)
+        self._task = asyncio.current_task()
+        owner._block_tasks.add(self._task)
+        return self._tx
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._thread is not None and self._tx is not None
+        self._tx._ended = True
+        if exc_type is None:
+            leaving = self._thread.submit(self._cm.__exit__, None, None, None)
+        else:
+            leaving = self._thread.submit(_exit_rolling_back, self._cm)
+        try:
+            # Shielded: a second cancellation cannot stop the commit or rollback, which
+            # is already submitted; it only stops this task from waiting for it.
+            await asyncio.shield(asyncio.wrap_future(leaving))
+        finally:
+            self._thread.shutdown(wait=False)
+            self._owner._block_tasks.discard(self._task)
+
+
+def _undo_enter(entering: Future[Transaction], cm: Any) -> None:
+    """Roll back a block whose task gave up while waiting for it to start."""
+    if entering.cancelled() or entering.exception() is not None:
+        return
+    _exit_rolling_back(cm)
+
+
+def _exit_rolling_back(cm: Any) -> None:
+    """Leave the sync block with an exception, which rolls it back."""
+    try:
+        cm.__exit__(_Rollback, _Rollback(), None)
+    except _Rollback:
+        pass
+
+
+def _start_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
+    """Run `fn(*args)` on a new thread (not a pool's: close() shuts the pool down)."""
+    fut: Future[None] = Future()
+    fut.set_running_or_notify_cancel()
+
+    def main() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+
+    threading.Thread(target=main, name="safestore-aio-close", daemon=True).start()
+    return fut
+
+
+def _check_sql(sql: object) -> None:
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be a str, not {type(sql).__name__}")

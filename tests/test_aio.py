@@ -1,0 +1,486 @@
+"""AsyncStore on {sqlite, duckdb} x {queue, lock}: the API, a loop that never blocks,
+cancellation and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import SCHEMA, WAIT, Gate, db_path
+
+import safestore
+from safestore import AsyncStore
+
+Make = Callable[..., AsyncStore]
+
+
+@pytest.fixture
+def make_astore(tmp_path: Path, backend: str, mode: str) -> Iterator[Make]:
+    """Build async stores on this test's backend and mode; all are closed at teardown."""
+    made: list[AsyncStore] = []
+
+    def make(**kwargs: Any) -> AsyncStore:
+        kwargs.setdefault("mode", mode)
+        kwargs.setdefault("backend", backend)
+        kwargs.setdefault("timeout", WAIT)
+        kwargs.setdefault("setup", SCHEMA)
+        astore = AsyncStore(db_path(tmp_path, backend), **kwargs)
+        made.append(astore)
+        return astore
+
+    yield make
+    for astore in made:
+        asyncio.run(astore.close())
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a test coroutine with a bound on its whole length."""
+
+    async def bounded() -> Any:
+        async with asyncio.timeout(WAIT * 2):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+class Blocker:
+    """Keep the engine busy from another thread until `release()`.
+
+    Queue mode: the writer runs `gate.hold`, so queued writes wait. Lock mode: the
+    helper thread holds the store's lock inside `run`, so every call waits for it.
+    """
+
+    def __init__(self, astore: AsyncStore) -> None:
+        self.gate = Gate()
+        # wait=False: in queue mode the thread ends at once while the writer holds the
+        # gate; in lock mode the call runs (holding the lock) on the thread anyway.
+        self.thread = threading.Thread(
+            target=astore.store.run, args=(self.gate.hold,), kwargs={"wait": False}
+        )
+        self.thread.start()
+        assert self.gate.entered.wait(WAIT)
+
+    def release(self) -> None:
+        self.gate.release()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+
+
+async def count(astore: AsyncStore) -> int:
+    row = await astore.query_one("SELECT count(*) FROM t")
+    assert row is not None
+    return int(row[0])
+
+
+async def spin(n: int = 20) -> None:
+    """Give the loop `n` turns (other tasks run in between)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+# --- the API -------------------------------------------------------------------------
+
+
+def test_api_round_trip(make_astore: Make) -> None:
+    """Every write and read coroutine works and returns what Store's method returns."""
+    astore = make_astore()
+
+    async def main() -> None:
+        r = await astore.insert("t", [{"v": "a", "n": 1}, {"v": "b", "n": 2}])
+        assert r.rowcount == 2
+        r = await astore.execute("UPDATE t SET n = n + 10 WHERE v = ?", ("a",))
+        assert r.rowcount == 1
+        r = await astore.executemany("INSERT INTO t (v, n) VALUES (?, ?)", [("c", 3), ("d", 4)])
+        assert r.rowcount == 2
+
+        def total(conn: Any, plus: int) -> int:
+            return int(conn.execute("SELECT sum(n) FROM t").fetchone()[0]) + plus
+
+        assert await astore.run(total, 100) == 11 + 2 + 3 + 4 + 100
+        assert await astore.query("SELECT v, n FROM t ORDER BY v") == [
+            ("a", 11),
+            ("b", 2),
+            ("c", 3),
+            ("d", 4),
+        ]
+        assert await astore.query_one("SELECT n FROM t WHERE v = ?", ("b",)) == (2,)
+        assert await astore.query_one("SELECT n FROM t WHERE v = 'zz'") is None
+        await astore.flush()
+        stats = await astore.stats()
+        assert stats.writes_committed == stats.writes_accepted == 4
+        assert (astore.backend, astore.path.endswith(("db", "duckdb"))) == (
+            astore.store.backend,
+            True,
+        )
+
+    run(main())
+
+
+def test_errors_reach_the_awaiting_task(make_astore: Make) -> None:
+    """A failing write raises in its task as both classes; read-only refusals too."""
+    astore = make_astore()
+
+    async def main() -> None:
+        await astore.insert("t", {"v": "x", "n": 1})
+        with pytest.raises(safestore.IntegrityError):
+            await astore.insert("t", {"v": "x", "n": 2})
+        if astore.backend == "sqlite":
+            with pytest.raises(sqlite3.IntegrityError):
+                await astore.insert("t", {"v": "x", "n": 3})
+        with pytest.raises(safestore.ReadOnlyError):
+            await astore.query("DELETE FROM t")
+
+        def boom(conn: Any) -> None:
+            conn.execute("INSERT INTO t (v, n) VALUES ('y', 1)")
+            raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):
+            await astore.run(boom)
+        assert await count(astore) == 1
+
+    run(main())
+
+
+def test_many_tasks_share_one_store(make_astore: Make) -> None:
+    """200 concurrent tasks each insert a row; all commit, in fewer commits (queue mode)."""
+    astore = make_astore()
+
+    async def main() -> None:
+        await asyncio.gather(*(astore.insert("t", {"v": str(i), "n": i}) for i in range(200)))
+        assert await count(astore) == 200
+        stats = await astore.stats()
+        assert stats.writes_committed == 200
+        if astore.mode == "queue":
+            assert stats.commits < 200
+
+    run(main())
+
+
+def test_close_is_idempotent_and_final(make_astore: Make) -> None:
+    """async with closes; close() twice is fine; later calls raise StoreClosedError."""
+    astore = make_astore()
+
+    async def main() -> None:
+        async with astore as s:
+            await s.insert("t", {"v": "a", "n": 1})
+        await astore.close()
+        assert astore.closed and astore.store.closed
+        with pytest.raises(safestore.StoreClosedError):
+            await astore.insert("t", {"v": "b", "n": 2})
+        with pytest.raises(safestore.StoreClosedError):
+            await astore.query("SELECT 1")
+        with pytest.raises(safestore.StoreClosedError):
+            async with astore.transaction():
+                pass
+
+    run(main())
+    with safestore.Store(astore.path, backend=astore.backend) as again:  # type: ignore[arg-type]
+        assert again.query("SELECT v FROM t") == [("a",)]
+
+
+def test_open_classmethod(tmp_path: Path, backend: str, mode: str) -> None:
+    """AsyncStore.open() opens on a helper thread and gives a working store."""
+
+    async def main() -> None:
+        async with await AsyncStore.open(
+            db_path(tmp_path, backend), backend=backend, mode=mode, setup=SCHEMA
+        ) as astore:
+            await astore.insert("t", {"v": "a", "n": 1})
+            assert await count(astore) == 1
+
+    run(main())
+
+
+def test_calls_run_off_the_loop_thread(make_astore: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads, flush and lock-mode writes run on helper threads, never the loop's."""
+    astore = make_astore()
+    seen: dict[str, str] = {}
+    for name in ("query", "flush", "_submit"):
+        original = getattr(astore.store, name)
+
+        def spy(*args: Any, _name: str = name, _orig: Any = original) -> Any:
+            seen.setdefault(_name, threading.current_thread().name)
+            return _orig(*args)
+
+        monkeypatch.setattr(astore.store, name, spy)
+
+    async def main() -> None:
+        await astore.insert("t", {"v": "a", "n": 1})
+        await astore.query("SELECT * FROM t")
+        await astore.flush()
+
+    run(main())
+    assert seen["query"].startswith("safestore-aio-")
+    assert seen["flush"].startswith("safestore-aio-")
+    # Queue mode enqueues from the loop (it never waits); lock mode writes on a helper.
+    assert seen["_submit"].startswith("safestore-aio-") == (astore.mode == "lock")
+
+
+# --- the loop never blocks -------------------------------------------------------------
+
+
+def test_loop_runs_while_a_write_waits(make_astore: Make) -> None:
+    """While the engine is busy elsewhere, an awaiting write leaves the loop free."""
+    astore = make_astore(timeout=5.0)
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            task = asyncio.create_task(astore.insert("t", {"v": "a", "n": 1}))
+            await spin()  # would never get here if insert had blocked the loop
+            assert not task.done()
+        finally:
+            blocker.release()
+        assert (await asyncio.wait_for(task, WAIT)).rowcount == 1
+        assert await count(astore) == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", ["lock"])  # queue-mode reads never wait for writes
+def test_loop_runs_while_a_read_waits_for_the_lock(make_astore: Make) -> None:
+    """In lock mode a read waits for the lock on a helper thread, not on the loop."""
+    astore = make_astore(timeout=5.0)
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            task = asyncio.create_task(astore.query("SELECT count(*) FROM t"))
+            await spin()
+            assert not task.done()
+        finally:
+            blocker.release()
+        assert await asyncio.wait_for(task, WAIT) == [(0,)]
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", ["queue"])
+def test_full_queue_waits_off_the_loop(make_astore: Make) -> None:
+    """With the queue full, a write waits for room on a helper thread, then commits."""
+    astore = make_astore(max_queue=1, timeout=5.0)
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            first = astore.store.insert("t", {"v": "a", "n": 1}, wait=False)  # fills it
+            task = asyncio.create_task(astore.insert("t", {"v": "b", "n": 2}))
+            await spin()
+            assert not task.done()
+        finally:
+            blocker.release()
+        await asyncio.wait_for(task, WAIT)
+        assert first.result(WAIT).rowcount == 1
+        assert await count(astore) == 2
+
+    run(main())
+
+
+# --- cancellation and timeouts ---------------------------------------------------------
+
+
+def test_cancelled_waiting_write_is_withdrawn(make_astore: Make) -> None:
+    """Cancelling a write the engine has not started writes nothing of it; what had
+    committed before stays committed, and the store goes on working."""
+    astore = make_astore()
+
+    async def main() -> None:
+        await astore.insert("t", {"v": "kept", "n": 0})
+        blocker = Blocker(astore)
+        try:
+            rows = [{"v": f"r{i}", "n": i} for i in range(100)]
+            task = asyncio.create_task(astore.insert("t", rows))
+            await spin()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            blocker.release()
+        await astore.flush()
+        assert await astore.query("SELECT v FROM t") == [("kept",)]
+        await astore.insert("t", {"v": "after", "n": 1})
+        assert await count(astore) == 2
+
+    run(main())
+
+
+def test_cancelled_running_write_commits_whole(make_astore: Make) -> None:
+    """Cancelling a write the engine has started does not cut it short: all of it
+    commits, and the task is still cancelled."""
+    astore = make_astore()
+    started, go = threading.Event(), threading.Event()
+
+    def two_halves(conn: Any) -> None:
+        conn.executemany("INSERT INTO t (v, n) VALUES (?, ?)", [(f"a{i}", i) for i in range(50)])
+        started.set()
+        assert go.wait(WAIT)
+        conn.executemany("INSERT INTO t (v, n) VALUES (?, ?)", [(f"b{i}", i) for i in range(50)])
+
+    async def main() -> None:
+        task = asyncio.create_task(astore.run(two_halves))
+        assert await asyncio.to_thread(started.wait, WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()
+        await astore.flush()
+        assert await count(astore) == 100
+
+    try:
+        run(main())
+    finally:
+        go.set()
+
+
+def test_timeout_withdraws_a_waiting_write(make_astore: Make) -> None:
+    """A write that gets no result within `timeout` raises TimeoutError and, having
+    not started, leaves nothing behind."""
+    astore = make_astore(timeout=0.3)
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            with pytest.raises(safestore.TimeoutError):
+                await astore.insert("t", {"v": "late", "n": 1})
+        finally:
+            blocker.release()
+        await astore.flush()
+        assert await count(astore) == 0
+
+    run(main())
+
+
+# --- transactions ------------------------------------------------------------------------
+
+
+def test_transaction_commits_and_sees_its_own_writes(make_astore: Make) -> None:
+    """A block commits at exit; tx.query sees its uncommitted rows, others do not."""
+    astore = make_astore()
+
+    async def main() -> None:
+        async with astore.transaction() as tx:
+            await tx.insert("t", {"v": "a", "n": 1})
+            await tx.execute("INSERT INTO t (v, n) VALUES (?, ?)", ("b", 2))
+            await tx.executemany("INSERT INTO t (v, n) VALUES (?, ?)", [("c", 3)])
+            assert await tx.query("SELECT count(*) FROM t") == [(3,)]
+            assert await tx.query_one("SELECT n FROM t WHERE v = 'b'") == (2,)
+            if astore.mode == "queue":
+                assert await count(astore) == 0  # not visible outside the block
+        assert await count(astore) == 3
+
+    run(main())
+
+
+def test_transaction_rolls_back_on_error(make_astore: Make) -> None:
+    """An exception leaving the block rolls all of it back and reaches the task."""
+    astore = make_astore()
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="oops"):
+            async with astore.transaction() as tx:
+                await tx.insert("t", {"v": "a", "n": 1})
+                raise RuntimeError("oops")
+        with pytest.raises(safestore.IntegrityError):
+            async with astore.transaction() as tx:
+                await tx.insert("t", {"v": "b", "n": 1})
+                await tx.insert("t", {"v": "b", "n": 2})
+        assert await count(astore) == 0
+        await astore.insert("t", {"v": "c", "n": 3})
+        assert await count(astore) == 1
+
+    run(main())
+
+
+def test_cancelled_transaction_rolls_back(make_astore: Make) -> None:
+    """A task cancelled inside its block rolls the block back; the store goes on."""
+    astore = make_astore()
+
+    async def main() -> None:
+        inside = asyncio.Event()
+
+        async def worker() -> None:
+            async with astore.transaction() as tx:
+                await tx.insert("t", {"v": "a", "n": 1})
+                inside.set()
+                await asyncio.Event().wait()  # until cancelled
+
+        task = asyncio.create_task(worker())
+        await asyncio.wait_for(inside.wait(), WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await count(astore) == 0
+        await astore.insert("t", {"v": "b", "n": 2})
+        assert await astore.query("SELECT v FROM t") == [("b",)]
+
+    run(main())
+
+
+def test_cancelled_while_waiting_to_begin(make_astore: Make) -> None:
+    """A task cancelled while its block waits to start leaves no open transaction."""
+    astore = make_astore()
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+
+            async def worker() -> None:
+                async with astore.transaction() as tx:
+                    await tx.insert("t", {"v": "never", "n": 1})
+
+            task = asyncio.create_task(worker())
+            await spin()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            blocker.release()
+        # Were the abandoned block still holding the writer, this would time out.
+        await asyncio.wait_for(astore.insert("t", {"v": "after", "n": 1}), WAIT)
+        assert await astore.query("SELECT v FROM t") == [("after",)]
+
+    run(main())
+
+
+def test_store_calls_inside_own_block_are_refused(make_astore: Make) -> None:
+    """A store write (and a lock-mode read) from inside the task's own block raises
+    StoreError at once instead of deadlocking; blocks do not nest."""
+    astore = make_astore()
+
+    async def main() -> None:
+        async with astore.transaction() as tx:
+            await tx.insert("t", {"v": "a", "n": 1})
+            with pytest.raises(safestore.StoreError, match="tx"):
+                await astore.insert("t", {"v": "b", "n": 2})
+            with pytest.raises(safestore.StoreError, match="nest"):
+                async with astore.transaction():
+                    pass
+            if astore.mode == "lock":
+                with pytest.raises(safestore.StoreError, match="tx"):
+                    await astore.query("SELECT 1")
+        assert await astore.query("SELECT v FROM t") == [("a",)]
+        with pytest.raises(safestore.StoreError, match="ended"):
+            await tx.insert("t", {"v": "c", "n": 3})
+
+    run(main())
+
+
+def test_other_tasks_writes_wait_for_a_block(make_astore: Make) -> None:
+    """Another task's write waits (queued, not failed) until the block commits."""
+    astore = make_astore()
+
+    async def main() -> None:
+        async with astore.transaction() as tx:
+            await tx.insert("t", {"v": "a", "n": 1})
+            other = asyncio.create_task(astore.insert("t", {"v": "b", "n": 2}))
+            await spin()
+            assert not other.done()
+        await asyncio.wait_for(other, WAIT)
+        assert await astore.query("SELECT v FROM t ORDER BY v") == [("a",), ("b",)]
+
+    run(main())
