@@ -34,7 +34,7 @@ class LockEngine:
         self.lock = threading.RLock()
         self.closed = False
         self.counters = Counters()
-        self._accept_lock = threading.Lock()  # guards counters.accepted
+        self.accept_lock = threading.Lock()  # guards counters.accepted
 
     def acquire(self, deadline: float) -> None:
         """Take the lock by `deadline` or raise TimeoutError; raise if closed."""
@@ -51,7 +51,7 @@ class LockEngine:
         self.acquire(deadline)
         try:
             if req.is_write:
-                with self._accept_lock:
+                with self.accept_lock:
                     self.counters.accepted += 1
             # A request withdrawn before run_group claims it (AsyncStore cancels a
             # waiting write) is skipped there: nothing of it runs.

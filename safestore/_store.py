@@ -164,14 +164,14 @@ class Store:
         try:
             conn = backend_obj.connect_writer()
         except Exception as exc:
-            raise _engine_error(exc) from exc.__cause__
+            raise translate(exc) from exc.__cause__
         try:
             if setup is not None:
                 _run_setup(backend_obj, conn, setup)
         except BaseException as exc:
             backend_obj.close(conn)
             if isinstance(exc, Exception):
-                raise _engine_error(exc) from exc.__cause__
+                raise translate(exc) from exc.__cause__
             raise
 
         self._engine: QueueEngine | LockEngine
@@ -295,7 +295,7 @@ class Store:
         try:
             return self._readers.read(sql, params)
         except Exception as exc:
-            raise _engine_error(exc) from exc.__cause__
+            raise translate(exc) from exc.__cause__
 
     def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
         """Like `query` but return only the first row, or None."""
@@ -322,7 +322,7 @@ class Store:
         try:
             self._engine.begin_session(session, deadline)
         except Exception as exc:
-            raise _engine_error(exc) from exc.__cause__
+            raise translate(exc) from exc.__cause__
         tx = Transaction(self._engine_backend, session)
         self._tx_local.active = True
         try:
@@ -344,12 +344,8 @@ class Store:
 
     def _record_tx(self, writes: int, *, committed: bool) -> None:
         """Count a finished transaction block's write calls in the stats."""
-        engine = self._engine
-        if isinstance(engine, LockEngine):
-            counters, lock = engine.counters, engine._accept_lock
-        else:
-            counters, lock = engine.state.counters, engine.state.lock
-        with lock:  # `accepted` is also bumped by other threads' submits
+        counters = self._engine.counters
+        with self._engine.accept_lock:  # `accepted` is also bumped by other threads' submits
             counters.accepted += writes
         # The other counters are the writer's; it is waiting for this block to end.
         if committed:
@@ -401,7 +397,7 @@ class Store:
     def stats(self) -> Stats:
         """A snapshot of the store's counters. Thread-safe; never blocks on writes."""
         engine = self._engine
-        counters = engine.counters if isinstance(engine, LockEngine) else engine.state.counters
+        counters = engine.counters
         return Stats(
             writes_accepted=counters.accepted,
             writes_committed=counters.committed,
@@ -442,10 +438,6 @@ def _check_sql(sql: object) -> None:
             raise ProgrammingError(
                 f"sql is not valid UTF-8 text ({exc.reason} at position {exc.start})"
             ) from None
-
-
-def _engine_error(exc: BaseException) -> BaseException:
-    return translate(exc)
 
 
 def _run_setup(backend: Backend, conn: Any, setup: str | Callable[[Any], object]) -> None:

@@ -216,6 +216,16 @@ class QueueEngine:
             )
         self.backend.close(self.conn)
 
+    @property
+    def counters(self) -> Counters:
+        """The statistics (shared with the writer thread)."""
+        return self.state.counters
+
+    @property
+    def accept_lock(self) -> threading.Lock:
+        """Guards `counters.accepted` (bumped by callers as they enqueue)."""
+        return self.state.lock
+
     def queue_depth(self) -> int:
         return max(0, self.state.depth)
 
