@@ -144,7 +144,7 @@ class Store:
         self._mode = mode
         self._path = path
         self._read_only = read_only
-        self._pid = os.getpid()
+        self._generation = _fork_generation  # changes in a forked child
         self._closed = False
         self._lock = threading.Lock()  # guards _closed
         self._tx_local = threading.local()  # .active: this thread has an open transaction()
@@ -411,7 +411,9 @@ class Store:
     # --- guards -------------------------------------------------------------------------
 
     def _forked(self) -> bool:
-        return self._pid != os.getpid()
+        # A module global bumped by the at-fork hook: cheaper than os.getpid() (a system
+        # call) on every call.
+        return self._generation != _fork_generation
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -469,6 +471,9 @@ def _in_forked_child(engine: QueueEngine | LockEngine) -> bool:
 
 # --- process-wide lifecycle: exit and fork --------------------------------------------
 
+#: Bumped in a forked child; a store opened before the fork sees it changed.
+_fork_generation = 0
+
 # Every open store. Weak, so it never keeps a forgotten store alive.
 _live: weakref.WeakSet[Store] = weakref.WeakSet()
 # Engines inherited by a forked child. Kept referenced for the child's whole life so
@@ -495,6 +500,8 @@ def _close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
     if not _live:
         return
     for store in list(_live):
