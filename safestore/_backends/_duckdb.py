@@ -482,8 +482,12 @@ class DuckDBBackend:
                 columns = [_unquote(c) for c in first.columns]
                 appender = self._appenders[key] = conn.appender(first.table, columns=columns)
             try:
-                for req in unit:
-                    appender.append_rows(req.rows)  # type: ignore[attr-defined]
+                # One call for the whole unit: every call into duckdb may give up the
+                # GIL and wait to get it back behind the callers this batch woke.
+                if len(unit) == 1:
+                    appender.append_rows(first.rows)
+                else:
+                    appender.append_rows([row for req in unit for row in req.rows])  # type: ignore[attr-defined]
                 appender.flush()
             except BaseException:
                 appender.clear()  # drop what an append that failed midway kept
