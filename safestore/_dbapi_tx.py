@@ -121,10 +121,12 @@ class ThreadTx:
 
     def _finish(self, *, committed: bool) -> None:
         """Release the writer (or the lock) and count the block; owner thread or queue mode."""
+        # Count the block before releasing the writer: the counters other than
+        # `accepted` are the writer's, and it waits for this block until end_session.
         try:
-            self.store._engine.end_session(self.session)
-        finally:
             self.store._record_tx(self.writes, committed=committed)
+        finally:
+            self.store._engine.end_session(self.session)
             if threading.get_ident() == self.owner:
                 self.store._tx_local.active = False
             self._on_end(self)

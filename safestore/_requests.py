@@ -248,8 +248,10 @@ class TxSession(Request):
             self.error = exc
             self.granted.set()
             self.done.set()
-        if not self.future.done():
+        try:
             self.future.set_exception(exc)
+        except InvalidStateError:
+            pass  # the owner withdrew (cancelled) it in the meantime
 
 
 # --- argument checking for insert(), done on the caller's thread -----------------------

@@ -100,6 +100,11 @@ def _check_timeout(value: object, what: str) -> float:
         raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{what} must be a positive finite number of seconds, not {value!r}")
+    if value > threading.TIMEOUT_MAX:
+        raise ValueError(
+            f"{what} must be at most {threading.TIMEOUT_MAX:.0f} seconds (threading.TIMEOUT_MAX), "
+            f"not {value!r}"
+        )
     return float(value)
 
 
@@ -229,11 +234,7 @@ class Store:
     def _submit(self, req: Request, wait: bool, deadline: float | None = None) -> Any:
         # `deadline` (time.monotonic()) lets AsyncStore try to queue without waiting.
         self._check_usable()
-        if getattr(self._tx_local, "active", False):
-            raise StoreError(
-                "this thread has an open transaction(): write through the `tx` object "
-                "(a store write here would wait for the transaction to end: a deadlock)"
-            )
+        self._refuse_waiting_on_itself("a store write")
         if self._read_only:
             raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
         if deadline is None:
@@ -317,6 +318,7 @@ class Store:
             raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
         if getattr(self._tx_local, "active", False):
             raise StoreError("transactions do not nest: this thread already has one open")
+        self._refuse_waiting_on_itself("transaction()")
         session = TxSession(self._timeout)
         deadline = time.monotonic() + self._timeout
         try:
@@ -363,6 +365,7 @@ class Store:
         Blocks at most `timeout` seconds (default: the store's timeout).
         """
         self._check_usable()
+        self._refuse_waiting_on_itself("flush()")
         limit = self._timeout if timeout is None else _check_timeout(timeout, "timeout")
         if self._read_only:
             return
@@ -381,12 +384,15 @@ class Store:
             raise StoreError(
                 "this store belongs to the parent process; open a new Store after fork()"
             )
+        self._refuse_waiting_on_itself("close()")
         with self._lock:
             self._closed = True
+        self._readers.close()
+        # If this times out, the store stays registered, so the exit hook still waits
+        # for the writer to commit what was accepted.
+        self._engine.close(timeout)
         self._finalizer.detach()
         _live.discard(self)
-        self._readers.close()
-        self._engine.close(timeout)
 
     def __enter__(self) -> Store:
         return self
@@ -409,6 +415,25 @@ class Store:
         )
 
     # --- guards -------------------------------------------------------------------------
+
+    def _refuse_waiting_on_itself(self, what: str) -> None:
+        """Raise at once for a call that would wait for the caller's own work.
+
+        From inside this thread's open transaction() (the writer waits for the block),
+        or from a run() function on the writer thread (the writer waits for fn): such a
+        call could only end in a timeout, after which the block is rolled back.
+        """
+        if getattr(self._tx_local, "active", False):
+            raise StoreError(
+                f"{what} inside this thread's open transaction() would wait for the "
+                "transaction itself; use the `tx` object, or finish the block first"
+            )
+        engine = self._engine
+        if isinstance(engine, QueueEngine) and threading.current_thread() is engine.thread:
+            raise StoreError(
+                f"{what} inside a run() function would wait for the writer that is "
+                "running it; use the `conn` run() was given"
+            )
 
     def _forked(self) -> bool:
         # A module global bumped by the at-fork hook: cheaper than os.getpid() (a system

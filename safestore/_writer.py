@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -97,14 +97,18 @@ class _State:
         """The writer took `n` requests off the queue: make room for that many."""
         with self.lock:
             self.depth -= n
-            self.space.notify(n)
+            # notify_all: a notify() could go to a waiter that is just timing out.
+            self.space.notify_all()
 
 
 def _fail(req: Request, exc: BaseException) -> None:
     if isinstance(req, TxSession):
         req.fail(exc)
-    elif not req.future.done():
+        return
+    try:
         req.future.set_exception(exc)
+    except InvalidStateError:
+        pass  # its caller cancelled it (or it finished) in the meantime: nothing to fail
 
 
 class QueueEngine:
@@ -341,6 +345,8 @@ def _commit_segment(
     with guard():
         live, outcomes, error = run_group(backend, conn, segment)
     settle(state.counters, live, outcomes, error)
+    # Writes withdrawn by callers that timed out or were cancelled raised there.
+    state.counters.failed += sum(1 for r in segment if r.is_write and r.future.cancelled())
 
 
 def settle(

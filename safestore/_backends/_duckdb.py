@@ -155,6 +155,7 @@ class DuckDBBackend:
         # thread state; cleared whenever the schema may have changed (any statement
         # other than an insert, any rollback) and after a failed flush.
         self._appenders: dict[tuple[int, str, tuple[str, ...]], Any] = {}
+        self._writer: Any = None  # the writer connection, once open
         # Serialises cursor() calls on the writer connection from reader threads.
         self._cursor_lock = threading.Lock()
 
@@ -163,7 +164,9 @@ class DuckDBBackend:
     def connect_writer(self) -> duckdb.DuckDBPyConnection:
         cfg = self.config
         try:
-            return duckdb.connect(cfg.path, read_only=cfg.read_only)
+            conn = duckdb.connect(cfg.path, read_only=cfg.read_only)
+            self._writer = conn
+            return conn
         except duckdb.IOException as exc:
             if "Could not set lock" not in str(exc):
                 raise
@@ -190,7 +193,8 @@ class DuckDBBackend:
             return writer.cursor()
 
     def close(self, conn: Any) -> None:
-        self._appenders.clear()
+        if conn is self._writer:  # reader cursors are closed from other threads
+            self._appenders.clear()
         self._open.discard(id(conn))
         self._lazy.discard(id(conn))
         self._failure.pop(id(conn), None)
@@ -430,12 +434,9 @@ class DuckDBBackend:
         try:
             self._appenders.clear()  # fn may change the schema
             value = req.fn(conn, *req.args, **req.kwargs)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from fn too: it is fn's own error
             self.rollback(conn)
             return (req, None, translate(exc))
-        except BaseException:
-            self.rollback(conn)
-            raise
         try:
             self._probe(conn)
             conn.execute("COMMIT")

@@ -20,8 +20,9 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from .._dbapi_sql import Kind, classify, is_insert
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Rows, Run
-from ..errors import ReadOnlyError, TimeoutError, translate
+from ..errors import ProgrammingError, ReadOnlyError, StoreError, TimeoutError, translate
 from . import Config, Outcome
 
 log = logging.getLogger("safestore")
@@ -89,10 +90,8 @@ class SQLiteBackend:
     def __init__(self, config: Config) -> None:
         self.config = config
         # Writer-thread state (only the thread holding the writer connection touches it):
-        # the last sqlite3_last_insert_rowid seen, to tell whether a statement inserted;
-        # and, per table, the rowid alias to use in RETURNING for merged inserts, or ""
-        # when merged inserts into that table must not be used.
-        self._last_rowid: int | None = None
+        # per table, the rowid alias to use in RETURNING for merged inserts, or "" when
+        # merged inserts into that table must not be used.
         self._returning: dict[str, str] = {}
         self._max_vars = 999  # SQLITE_LIMIT_VARIABLE_NUMBER, read at connect
 
@@ -277,7 +276,7 @@ class SQLiteBackend:
         """
         try:
             value = self.apply(conn, req)
-        except Exception as exc:
+        except BaseException as exc:
             self.rollback(conn)
             return [(req, None, translate(exc))]
         try:
@@ -294,19 +293,18 @@ class SQLiteBackend:
         conn.execute("SAVEPOINT safestore_req")
         try:
             value = self.apply(conn, req)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a run() function is its own error
             if not conn.in_transaction:  # the engine already rolled everything back
                 raise
             conn.execute("ROLLBACK TO safestore_req")
             conn.execute("RELEASE safestore_req")
             return (req, None, translate(exc))
         if not conn.in_transaction:
-            # A run() function committed or rolled back on its own, ending the group's
-            # transaction; open a new one for the requests after it.
-            log.warning("a run() function ended the write transaction itself; do not commit in it")
-            self.begin(conn)
-        else:
-            conn.execute("RELEASE safestore_req")
+            # Cannot happen through the guards above (transaction control is refused);
+            # if it does, the group's earlier work may be gone: fail the whole group
+            # rather than report it committed.
+            raise StoreError("the write transaction ended in the middle of a group commit")
+        conn.execute("RELEASE safestore_req")
         return (req, value, None)
 
     def _insert_run(self, conn: Any, run: Sequence[Insert]) -> list[Outcome]:
@@ -384,7 +382,6 @@ class SQLiteBackend:
         for req in run:
             offset += len(req.rows)
             result.append(ids[offset - 1] if len(ids) >= offset else None)
-        self._last_rowid = result[-1]
         return result
 
     def _rows_per_statement(self, ncols: int) -> int:
@@ -399,27 +396,43 @@ class SQLiteBackend:
         if isinstance(request, Insert):
             return self._insert_alone(conn, request)
         if isinstance(request, Execute):
+            _refuse_transaction_control(request.sql)
             self._returning.clear()  # the statement may change the schema
             cur = conn.execute(request.sql, request.params)
             try:
                 rows = cur.fetchall()
-                rowid = cur.lastrowid
-                lastrowid = rowid if rowid != self._last_rowid and rowid else None
-                self._last_rowid = rowid
+                # sqlite3 reports the connection's last insert rowid after any
+                # statement; it belongs to this one only if it inserted rows.
+                lastrowid = cur.lastrowid if cur.rowcount > 0 and is_insert(request.sql) else None
                 return Result(cur.rowcount, lastrowid, rows)
             finally:
                 cur.close()
         if isinstance(request, ExecuteMany):
+            _refuse_transaction_control(request.sql)
             self._returning.clear()
             cur = conn.executemany(request.sql, request.seq_of_params)
             try:
-                self._last_rowid = cur.lastrowid
                 return Result(cur.rowcount, None, [])
             finally:
                 cur.close()
         if isinstance(request, Run):
             self._returning.clear()
-            return request.fn(conn, *request.args, **request.kwargs)
+            # While fn runs, the engine refuses COMMIT/ROLLBACK/BEGIN (conn.commit()
+            # included) and safestore's own savepoints: fn must not end the group's
+            # transaction under the other requests in it. Setting an authorizer expires
+            # prepared statements, so this costs a re-prepare, only around run().
+            conn.set_authorizer(_run_authorizer)
+            try:
+                return request.fn(conn, *request.args, **request.kwargs)
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:
+                    raise ProgrammingError(
+                        "a run() function cannot begin, commit or roll back the transaction "
+                        "(safestore commits it); use savepoints of your own if you need them"
+                    ) from translate(exc)
+                raise
+            finally:
+                conn.set_authorizer(None)
         if isinstance(request, Flush):
             return None
         raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
@@ -434,7 +447,6 @@ class SQLiteBackend:
             sql = _insert_sql(req.table, req.columns, len(chunk), "")
             cur = conn.execute(sql, [v for row in chunk for v in row])
         assert cur is not None  # build_insert refuses empty inserts
-        self._last_rowid = cur.lastrowid
         return Result(len(rows), cur.lastrowid or None)
 
     # --- reads -----------------------------------------------------------------------
@@ -476,6 +488,28 @@ def _load_schema(conn: Any) -> None:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
     finally:
         conn.set_authorizer(_read_authorizer)
+
+
+def _refuse_transaction_control(sql: str) -> None:
+    """execute() must not begin, commit or roll back: every write call is atomic already."""
+    kind = classify(sql)
+    if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK) or (
+        kind is Kind.OTHER and "safestore_" in sql.lower()
+    ):
+        raise ProgrammingError(
+            "execute() cannot run BEGIN/COMMIT/ROLLBACK: every write call is already "
+            "atomic; use store.transaction() for several statements"
+        )
+
+
+def _run_authorizer(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None
+) -> int:
+    if action == sqlite3.SQLITE_TRANSACTION:
+        return sqlite3.SQLITE_DENY
+    if action == getattr(sqlite3, "SQLITE_SAVEPOINT", 32) and (arg2 or "").startswith("safestore_"):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
 
 
 def _fetch_all(conn: Any, sql: str, params: Any) -> list[tuple[Any, ...]]:
