@@ -105,23 +105,44 @@ def _one_insert(conn: Any, i: int, j: int) -> None:
     conn.execute("COMMIT")
 
 
+def _timed(
+    rows: int,
+    lat: list[float],
+    insert: Callable[[int], object],
+    failure: type[BaseException] | tuple[type[BaseException], ...] = (),
+    recover: Callable[[], object] | None = None,
+) -> int:
+    """Call ``insert(j)`` for each row, recording each call's latency in `lat`.
+
+    Returns how many calls raised `failure` (after calling `recover`, if given).
+    """
+    errors = 0
+    for j in range(rows):
+        t = time.perf_counter()
+        try:
+            insert(j)
+        except failure:
+            errors += 1
+            if recover is not None:
+                recover()
+        lat.append(time.perf_counter() - t)
+    return errors
+
+
 def sqlite_new_connection(
     path: Path, durability: str, threads: int, rows: int
 ) -> tuple[float, list[float], int]:
     _sqlite_file(path, durability)
 
+    def insert(i: int, j: int) -> None:
+        conn = _sqlite_connect(path, durability)
+        try:
+            _one_insert(conn, i, j)
+        finally:
+            conn.close()
+
     def body(i: int, lat: list[float]) -> int:
-        errors = 0
-        for j in range(rows):
-            t = time.perf_counter()
-            try:
-                conn = _sqlite_connect(path, durability)
-                _one_insert(conn, i, j)
-                conn.close()
-            except sqlite3.Error:
-                errors += 1
-            lat.append(time.perf_counter() - t)
-        return errors
+        return _timed(rows, lat, lambda j: insert(i, j), sqlite3.Error)
 
     return _run_threads(threads, body)
 
@@ -133,18 +154,15 @@ def sqlite_per_thread(
 
     def body(i: int, lat: list[float]) -> int:
         conn = _sqlite_connect(path, durability)
-        errors = 0
-        for j in range(rows):
-            t = time.perf_counter()
-            try:
-                _one_insert(conn, i, j)
-            except sqlite3.Error:
-                errors += 1
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            lat.append(time.perf_counter() - t)
-        conn.close()
-        return errors
+
+        def recover() -> None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+        try:
+            return _timed(rows, lat, lambda j: _one_insert(conn, i, j), sqlite3.Error, recover)
+        finally:
+            conn.close()
 
     return _run_threads(threads, body)
 
@@ -156,17 +174,14 @@ def sqlite_shared_lock(
     conn = _sqlite_connect(path, durability)
     lock = threading.Lock()
 
-    def body(i: int, lat: list[float]) -> int:
-        for j in range(rows):
-            t = time.perf_counter()
-            with lock:
-                _one_insert(conn, i, j)
-            lat.append(time.perf_counter() - t)
-        return 0
+    def insert(i: int, j: int) -> None:
+        with lock:
+            _one_insert(conn, i, j)
 
-    result = _run_threads(threads, body)
-    conn.close()
-    return result
+    try:
+        return _run_threads(threads, lambda i, lat: _timed(rows, lat, lambda j: insert(i, j)))
+    finally:
+        conn.close()
 
 
 def duckdb_cursor_per_thread(
@@ -179,20 +194,15 @@ def duckdb_cursor_per_thread(
 
     def body(i: int, lat: list[float]) -> int:
         cur = conn.cursor()
-        errors = 0
-        for j in range(rows):
-            t = time.perf_counter()
-            try:
-                cur.execute(INSERT, (i, j, "x" * 16))
-            except duckdb.Error:
-                errors += 1
-            lat.append(time.perf_counter() - t)
-        cur.close()
-        return errors
+        try:
+            return _timed(rows, lat, lambda j: cur.execute(INSERT, (i, j, "x" * 16)), duckdb.Error)
+        finally:
+            cur.close()
 
-    result = _run_threads(threads, body)
-    conn.close()
-    return result
+    try:
+        return _run_threads(threads, body)
+    finally:
+        conn.close()
 
 
 def safestore_strategy(mode: str, wait: bool) -> Callable[..., tuple[float, list[float], int]]:
@@ -203,24 +213,16 @@ def safestore_strategy(mode: str, wait: bool) -> Callable[..., tuple[float, list
         with Store(path, setup=TABLE, timeout=120, **options) as store:
 
             def body(i: int, lat: list[float]) -> int:
-                errors = 0
-                futures = []
-                for j in range(rows):
-                    t = time.perf_counter()
-                    try:
-                        if wait:
-                            store.insert("bench", {"thread": i, "seq": j, "payload": "x" * 16})
-                        else:
-                            futures.append(
-                                store.insert(
-                                    "bench",
-                                    {"thread": i, "seq": j, "payload": "x" * 16},
-                                    wait=False,
-                                )
-                            )
-                    except Exception:
-                        errors += 1
-                    lat.append(time.perf_counter() - t)
+                futures: list[Any] = []
+
+                def insert(j: int) -> None:
+                    row = {"thread": i, "seq": j, "payload": "x" * 16}
+                    if wait:
+                        store.insert("bench", row)
+                    else:
+                        futures.append(store.insert("bench", row, wait=False))
+
+                errors = _timed(rows, lat, insert, Exception)
                 if not wait:
                     store.flush()
                     errors += sum(1 for f in futures if f.exception() is not None)
