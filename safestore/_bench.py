@@ -53,6 +53,33 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index] * 1e3
 
 
+def _measured(
+    workload: str,
+    backend: str,
+    durability: str,
+    strategy: str,
+    ours: bool,
+    timing: tuple[float, list[float], int],
+    found: int,
+    expected: int,
+) -> Outcome:
+    """An Outcome from a timed run: (seconds, per-call latencies, errors)."""
+    elapsed, lat, errors = timing
+    return Outcome(
+        workload,
+        backend,
+        durability,
+        strategy,
+        ours,
+        found / elapsed if elapsed else 0.0,
+        _percentile(lat, 0.5),
+        _percentile(lat, 0.99),
+        errors,
+        found,
+        expected,
+    )
+
+
 def _run_threads(
     threads: int, body: Callable[[int, list[float]], int]
 ) -> tuple[float, list[float], int]:
@@ -275,21 +302,11 @@ def bench_threads(
                 suffix = "duckdb" if backend == "duckdb" else "db"
                 path = folder / f"{workload}-{backend}-{durability}-{len(out)}.{suffix}"
                 _progress(f"  {workload} {backend}/{durability}: {name} ...")
-                elapsed, lat, errors = fn(path, durability, threads, rows)
+                timing = fn(path, durability, threads, rows)
                 found = _count(backend, path)
                 out.append(
-                    Outcome(
-                        workload,
-                        backend,
-                        durability,
-                        name,
-                        ours,
-                        found / elapsed if elapsed else 0.0,
-                        _percentile(lat, 0.5),
-                        _percentile(lat, 0.99),
-                        errors,
-                        found,
-                        threads * rows,
+                    _measured(
+                        workload, backend, durability, name, ours, timing, found, threads * rows
                     )
                 )
     return out
@@ -308,48 +325,23 @@ def bench_sequential(
             raw_path = folder / f"seq-raw-{backend}-{durability}.{suffix}"
             _progress(f"  sequential {backend}/{durability}: raw engine ...")
             if backend == "sqlite":
-                elapsed, lat, errors = sqlite_per_thread(raw_path, durability, 1, rows)
+                timing = sqlite_per_thread(raw_path, durability, 1, rows)
                 raw_name = "sqlite3: commit per insert"
             else:
-                elapsed, lat, errors = duckdb_cursor_per_thread(raw_path, durability, 1, rows)
+                timing = duckdb_cursor_per_thread(raw_path, durability, 1, rows)
                 raw_name = "duckdb: autocommit per insert"
             found = _count(backend, raw_path)
             out.append(
-                Outcome(
-                    "sequential",
-                    backend,
-                    durability,
-                    raw_name,
-                    False,
-                    found / elapsed,
-                    _percentile(lat, 0.5),
-                    _percentile(lat, 0.99),
-                    errors,
-                    found,
-                    rows,
-                )
+                _measured("sequential", backend, durability, raw_name, False, timing, found, rows)
             )
             for mode in ("queue", "lock"):
                 path = folder / f"seq-{mode}-{backend}-{durability}.{suffix}"
                 _progress(f"  sequential {backend}/{durability}: safestore {mode} ...")
-                elapsed, lat, errors = safestore_strategy(mode, True)(
-                    path, durability, 1, rows, backend
-                )
+                timing = safestore_strategy(mode, True)(path, durability, 1, rows, backend)
                 found = _count(backend, path)
+                name = f"safestore {mode}"
                 out.append(
-                    Outcome(
-                        "sequential",
-                        backend,
-                        durability,
-                        f"safestore {mode}",
-                        True,
-                        found / elapsed,
-                        _percentile(lat, 0.5),
-                        _percentile(lat, 0.99),
-                        errors,
-                        found,
-                        rows,
-                    )
+                    _measured("sequential", backend, durability, name, True, timing, found, rows)
                 )
     return out
 

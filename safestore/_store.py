@@ -482,16 +482,13 @@ def _run_setup(backend: Backend, conn: Any, setup: str | Callable[[Any], object]
 
 
 def _finalize_unclosed(engine: QueueEngine | LockEngine, readers: Readers, name: str) -> None:
-    """Called when an unclosed store is garbage-collected: warn, then close it."""
-    if _in_forked_child(engine):
-        return
+    """Called when an unclosed store is garbage-collected: warn, then close it.
+
+    Never runs in a forked child: the at-fork hook detaches the finalizers there.
+    """
     warnings.warn(f"{name} was never closed; closing it now", ResourceWarning, stacklevel=2)
     readers.close()
     engine.close(None)
-
-
-def _in_forked_child(engine: QueueEngine | LockEngine) -> bool:
-    return engine in _orphaned_engines
 
 
 # --- process-wide lifecycle: exit and fork --------------------------------------------
@@ -514,10 +511,9 @@ def _close_all_at_exit() -> None:
     Runs after non-daemon threads have been joined and before modules are torn down,
     so the writer threads (daemons) are still alive to drain their queues.
     """
-    for store in list(_live):
+    for store in list(_live):  # emptied in a forked child by _after_fork_in_child
         try:
-            if not store._forked():
-                store.close()
+            store.close()
         except Exception:  # keep closing the others
             import logging
 
