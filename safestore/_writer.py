@@ -239,15 +239,23 @@ def wait_result(fut: Future[Any] | Waiter, deadline: float, timeout: float) -> A
     try:
         return fut.result(max(0.0, deadline - time.monotonic()))
     except builtins.TimeoutError:
-        started = not fut.cancel()
-        if started and fut.done():  # finished in the meantime
-            return fut.result()
-        what = (
-            "it had already started and may still commit"
-            if started
-            else "it was withdrawn and nothing of it was written"
-        )
-        raise TimeoutError(f"no result after {timeout:.1f}s; {what}") from None
+        return after_timeout(fut, timeout)
+
+
+def after_timeout(fut: Future[Any] | Waiter, timeout: float) -> Any:
+    """A caller gave up waiting: withdraw the request if it has not started, and raise.
+
+    Returns its value instead if it finished in the meantime.
+    """
+    started = not fut.cancel()
+    if started and fut.done():  # finished in the meantime
+        return fut.result()
+    what = (
+        "it had already started and may still commit"
+        if started
+        else "it was withdrawn and nothing of it was written"
+    )
+    raise TimeoutError(f"no result after {timeout:.1f}s; {what}") from None
 
 
 # --- the writer thread -------------------------------------------------------------------

@@ -42,7 +42,7 @@ from typing import Any, Literal, TypeVar
 from ._requests import Execute, ExecuteMany, Request, Result, Run, build_insert
 from ._store import Stats, Store
 from ._transaction import Transaction
-from ._writer import QueueEngine
+from ._writer import QueueEngine, after_timeout
 from .errors import StoreClosedError, StoreError, TimeoutError
 
 __all__ = ["AsyncStore", "AsyncTransaction"]
@@ -236,16 +236,7 @@ class AsyncStore:
             raise
 
     def _after_timeout(self, req: Request) -> Any:
-        fut = req.future
-        withdrawn = fut.cancel()
-        if not withdrawn and fut.done():  # finished in the meantime
-            return fut.result()
-        what = (
-            "it was withdrawn and nothing of it was written"
-            if withdrawn
-            else "it had already started and may still commit"
-        )
-        raise TimeoutError(f"no result after {self._timeout:.1f}s; {what}") from None
+        return after_timeout(req.future, self._timeout)
 
     def _check_write(self) -> None:
         self._check_open()
