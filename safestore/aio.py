@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from ._requests import Execute, ExecuteMany, Request, Result, Run, build_insert
-from ._store import Stats, Store
+from ._store import Stats, Store, _check_sql
 from ._transaction import Transaction
 from ._writer import QueueEngine, after_timeout
 from .errors import StoreClosedError, StoreError, TimeoutError
@@ -481,8 +481,3 @@ def _start_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
 
     threading.Thread(target=main, name="safestore-aio-close", daemon=True).start()
     return fut
-
-
-def _check_sql(sql: object) -> None:
-    if not isinstance(sql, str):
-        raise TypeError(f"sql must be a str, not {type(sql).__name__}")

@@ -146,6 +146,22 @@ def test_errors_reach_the_awaiting_task(make_astore: Make) -> None:
     run(main())
 
 
+def test_sql_is_checked_like_store(make_astore: Make) -> None:
+    """SQL that is not a str, or not valid UTF-8 text, is refused as Store refuses it."""
+    astore = make_astore()
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match="sql"):
+            await astore.execute(b"DELETE FROM t")  # type: ignore[arg-type]
+        with pytest.raises(safestore.ProgrammingError, match="UTF-8"):
+            await astore.execute("INSERT INTO t (v) VALUES ('\ud800')")
+        with pytest.raises(safestore.ProgrammingError, match="UTF-8"):
+            await astore.query("SELECT '\ud800'")
+        assert await count(astore) == 0
+
+    run(main())
+
+
 def test_many_tasks_share_one_store(make_astore: Make) -> None:
     """200 concurrent tasks each insert a row; all commit, in fewer commits (queue mode)."""
     astore = make_astore()
