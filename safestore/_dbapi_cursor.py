@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._dbapi_tx import Outcome
+from ._forksafe import gate
 
 if TYPE_CHECKING:
     from .dbapi import Connection
@@ -212,12 +213,13 @@ def _row_cursor(description: Any) -> sqlite3.Cursor:
         cur = _row_cursors.get(names)
         if cur is not None:
             return cur
-        if _row_conn is None:
-            _row_conn = sqlite3.connect(":memory:", check_same_thread=False)
         if len(_row_cursors) >= _MAX_LAYOUTS:
             _row_cursors.clear()
         columns = ", ".join('NULL AS "' + n.replace('"', '""') + '"' for n in names) or "NULL"
-        cur = _row_conn.execute(f"SELECT {columns}")
-        cur.fetchall()
+        with gate():  # SQLite calls: see safestore._forksafe
+            if _row_conn is None:
+                _row_conn = sqlite3.connect(":memory:", check_same_thread=False)
+            cur = _row_conn.execute(f"SELECT {columns}")
+            cur.fetchall()
         _row_cursors[names] = cur
         return cur

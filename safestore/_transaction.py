@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ._backends import Backend
+from ._forksafe import gate
 from ._requests import Execute, ExecuteMany, Request, Result, TxSession, build_insert
 from .errors import StoreError, translate
 
@@ -40,7 +41,8 @@ class Transaction:
                 raise StoreError("this transaction has already ended")
             s.last_used = time.monotonic()
             try:
-                return fn(s.conn)
+                with gate():  # fn may call the engine directly (the DB-API's runners)
+                    return fn(s.conn)
             except Exception as exc:
                 new = translate(exc)
                 if new is exc:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .._forksafe import gated
 from .._requests import Request
 
 __all__ = ["Backend", "Config", "Outcome", "open_backend"]
@@ -94,8 +95,28 @@ class Backend(Protocol):
         """
 
 
+#: The Backend methods that call into the engine. Each runs under the calling thread's
+#: fork gate (see safestore._forksafe), so that a fork never copies an engine mid-call.
+ENGINE_CALLS = (
+    "connect_writer",
+    "connect_reader",
+    "close",
+    "interrupt",
+    "commit_group",
+    "begin",
+    "commit",
+    "rollback",
+    "run_script",
+    "in_transaction",
+    "apply",
+    "read",
+)
+
+
 def open_backend(name: str, config: Config) -> Backend:
-    """Import the engine module for `name` and build its backend."""
+    """Import the engine module for `name` and build its backend (fork-gated)."""
     module = importlib.import_module(f"{__name__}._{name}")
     backend: Backend = module.make_backend(config)
+    for method in ENGINE_CALLS:
+        setattr(backend, method, gated(getattr(backend, method)))
     return backend

@@ -1,0 +1,111 @@
+"""Fork safety: no thread of ours is inside an engine at the moment the process forks.
+
+`fork()` copies only the thread that calls it. A lock that another thread held inside
+SQLite or DuckDB at that instant stays locked forever in the child. SQLite, for one,
+takes a process-wide mutex around every memory allocation, so a child forked while our
+writer thread was committing hung as soon as it opened a connection of its own.
+
+So every call into an engine runs under its thread's *gate*: an `RLock` private to that
+thread, hence almost never contended and cheap to take. Just before a fork, a hook
+takes every thread's gate; each comes free as soon as its thread leaves the engine
+call it is in. After the fork, parent and child release them all. The gate is
+reentrant so that a thread which forks from inside an engine call (a `run()` function
+that forks) takes its own gate at once.
+
+Waiting is bounded by `FORK_WAIT` seconds in total: if a statement runs longer than that
+(or a `run()` function blocks), the fork goes ahead with a logged warning, and a child
+that uses SQLite or DuckDB might then hang as before. Creating a gate takes the
+registry lock, which the hook holds until the fork is done, so a thread that has never
+called an engine cannot slip into one while the process forks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger("safestore")
+
+#: Longest a fork waits, in total, for threads to leave the engine calls they are in.
+FORK_WAIT = 5.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Gate:
+    """One thread's gate. Referenced only by that thread's `threading.local`."""
+
+    __slots__ = ("__weakref__", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+
+_local = threading.local()
+# Every live gate. Weak: a gate goes away with its thread's locals.
+_gates: weakref.WeakSet[_Gate] = weakref.WeakSet()
+# Held while a gate is created, and by the fork hook from before to after the fork.
+_registry = threading.Lock()
+_held: list[_Gate] = []  # the gates the hook took; released after the fork
+
+
+def gate() -> threading.RLock:
+    """The calling thread's gate: hold it while calling into an engine."""
+    try:
+        g: _Gate = _local.gate
+    except AttributeError:
+        g = _Gate()
+        with _registry:
+            _gates.add(g)
+        _local.gate = g
+    return g.lock
+
+
+def gated(fn: F) -> F:
+    """Wrap `fn` so that it runs under the calling thread's gate."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with gate():
+            return fn(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+def _before_fork() -> None:
+    _registry.acquire()
+    deadline = time.monotonic() + FORK_WAIT
+    busy = 0
+    for g in list(_gates):
+        if g.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            _held.append(g)
+        else:
+            busy += 1
+    if busy:
+        log.warning(
+            "forking while %d thread(s) stayed inside SQLite or DuckDB for %.0fs; "
+            "the child may hang if it uses an engine",
+            busy,
+            FORK_WAIT,
+        )
+
+
+def _after_fork() -> None:
+    # In the child the forking thread still owns these locks (same thread identity),
+    # so the same release works on both sides.
+    for g in _held:
+        g.lock.release()
+    _held.clear()
+    _registry.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )

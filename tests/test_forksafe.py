@@ -1,0 +1,130 @@
+"""Fork safety: a fork never copies one of our threads in the middle of an engine call.
+
+The at-fork hook of safestore._forksafe takes every thread's gate before the fork. These
+tests drive the hook directly (to order threads exactly) and then fork for real while
+the store is busy, checking that every child can use an engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from tests.conftest import WAIT, Gate, db_path
+
+import safestore
+from safestore import _forksafe
+
+
+def _in_engine(store: safestore.Store) -> tuple[Gate, threading.Thread]:
+    """Start a thread whose `run()` call stays inside the engine until the gate opens.
+
+    Queue mode runs the function on the writer thread, lock mode on the calling one:
+    either way a thread sits inside a gated engine call.
+    """
+    gate = Gate()
+    thread = threading.Thread(target=store.run, args=(gate.hold,))
+    thread.start()
+    assert gate.entered.wait(WAIT)
+    return gate, thread
+
+
+def test_fork_hook_waits_for_engine_calls_then_warns(
+    store: safestore.Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thread stuck inside the engine holds the fork back only FORK_WAIT seconds, with a warning."""
+    monkeypatch.setattr(_forksafe, "FORK_WAIT", 0.2)
+    gate, thread = _in_engine(store)
+    try:
+        with caplog.at_level(logging.WARNING, logger="safestore"):
+            start = time.monotonic()
+            _forksafe._before_fork()
+            _forksafe._after_fork()
+        assert time.monotonic() - start < WAIT
+        assert "stayed inside SQLite or DuckDB" in caplog.text
+    finally:
+        gate.release()
+        thread.join(WAIT)
+    assert not thread.is_alive()
+
+
+def test_engine_calls_wait_while_the_process_forks(store: safestore.Store) -> None:
+    """Between the before- and after-fork hooks, no thread can enter the engine."""
+    store.insert("t", {"v": "a"})
+    store.query("SELECT 1")  # this thread (and the writer) now have gates
+    started, done = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def reader() -> None:
+        started.set()
+        seen.append(store.query_one("SELECT count(*) FROM t"))
+        done.set()
+
+    _forksafe._before_fork()
+    try:
+        thread = threading.Thread(target=reader)
+        thread.start()
+        assert started.wait(WAIT)
+        # Cannot finish while the hook holds the gates (a new thread waits for the
+        # registry, one with a gate for its gate).
+        assert not done.wait(0.3)
+    finally:
+        _forksafe._after_fork()
+    assert done.wait(WAIT)
+    thread.join(WAIT)
+    assert seen == [(1,)]
+
+
+@pytest.mark.fault
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_children_forked_mid_commit_can_open_stores(
+    store: safestore.Store, tmp_path: Path, backend: str
+) -> None:
+    """Fork repeatedly while threads write hard: every child opens and uses a new store."""
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            store.insert("t", {"v": f"{w}-{i}", "n": w})
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    statuses = []
+    try:
+        for n in range(10):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    with safestore.Store(
+                        db_path(tmp_path, backend, f"child{n}"), setup="CREATE TABLE c (a INTEGER)"
+                    ) as fresh:
+                        fresh.insert("c", {"a": n})
+                        code = 0 if fresh.query_one("SELECT a FROM c") == (n,) else 2
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + WAIT
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail(f"child {n} hung (forked mid-commit)")
+                time.sleep(0.01)  # polling a child's exit, not ordering threads
+            statuses.append(os.waitstatus_to_exitcode(done[1]))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
+    assert statuses == [0] * 10
+    assert store.query_one("SELECT count(*) FROM t") is not None
