@@ -409,12 +409,12 @@ class Connection:
         """A statement outside any transaction: one write call through group commit."""
         store = self._store
         if self._is_sqlite:
-            out: Outcome = store.run(run_sqlite, sql, params, many)
+            out: Outcome = store._run_lendable(run_sqlite, sql, params, many)
             return out
         if many:
             return Outcome([], None, store.executemany(sql, params).rowcount)
         if has_returning(sql) or ";" in sql.strip().rstrip(";") or classify(sql) is not Kind.DML:
-            out = store.run(run_duckdb, sql, params, False)
+            out = store._run_lendable(run_duckdb, sql, params, False)
             return out
         # A plain DuckDB INSERT/UPDATE/DELETE joins other threads' writes in one commit.
         return Outcome([], None, store.execute(sql, params).rowcount)

@@ -46,8 +46,11 @@ class LockEngine:
             self.lock.release()
             raise StoreClosedError("the store is closed")
 
-    def submit(self, req: Request, deadline: float) -> Future[Any] | Waiter:
-        """Execute `req` now, in its own transaction; return an already-resolved future."""
+    def submit(self, req: Request, deadline: float, *, lend: bool = False) -> Future[Any] | Waiter:
+        """Execute `req` now, in its own transaction; return an already-resolved future.
+
+        (`lend` is QueueEngine's; here every call runs on the caller's thread anyway.)
+        """
         self.acquire(deadline)
         try:
             if req.is_write:

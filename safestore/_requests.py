@@ -139,6 +139,9 @@ class Request:
 
     #: True for requests that change the database (counted in stats); False for markers.
     is_write = True
+    #: True if the caller may run it itself on an idle writer's connection (see
+    #: QueueEngine.submit). Not run() functions: they are promised the writer thread.
+    lendable = False
 
     def __init__(self) -> None:
         # A Waiter unless the caller wants a real Future (Store._submit swaps it in).
@@ -149,6 +152,7 @@ class Insert(Request):
     """Insert `rows` (tuples in `columns` order) into `table`. Names are already quoted."""
 
     __slots__ = ("columns", "rows", "table")
+    lendable = True
 
     def __init__(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         super().__init__()
@@ -161,6 +165,7 @@ class Execute(Request):
     """One SQL statement with its parameters."""
 
     __slots__ = ("params", "sql")
+    lendable = True
 
     def __init__(self, sql: str, params: Any) -> None:
         super().__init__()
@@ -172,6 +177,7 @@ class ExecuteMany(Request):
     """One SQL statement run for each parameter set; `rowcount` is summed."""
 
     __slots__ = ("seq_of_params", "sql")
+    lendable = True
 
     def __init__(self, sql: str, seq_of_params: list[Any]) -> None:
         super().__init__()
@@ -189,6 +195,14 @@ class Run(Request):
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+
+
+class LendableRun(Run):
+    """A function of safestore's own (the DB-API's statement runners) that needs no
+    particular thread, so an idle writer may lend it the connection like a write."""
+
+    __slots__ = ()
+    lendable = True
 
 
 class Flush(Request):

@@ -23,7 +23,15 @@ from typing import Any, Literal, TypeVar
 from ._backends import Backend, Config, open_backend
 from ._locked import LockEngine
 from ._readers import Readers
-from ._requests import Execute, ExecuteMany, Request, Run, TxSession, build_insert
+from ._requests import (
+    Execute,
+    ExecuteMany,
+    LendableRun,
+    Request,
+    Run,
+    TxSession,
+    build_insert,
+)
 from ._transaction import Transaction
 from ._writer import QueueEngine, run_group, wait_result
 from .errors import ProgrammingError, ReadOnlyError, StoreClosedError, StoreError, translate
@@ -241,7 +249,7 @@ class Store:
             deadline = time.monotonic() + self._timeout
         if not wait:
             req.future = Future()  # the caller gets a real concurrent.futures.Future
-        fut = self._engine.submit(req, deadline)
+        fut = self._engine.submit(req, deadline, lend=wait)
         if not wait:
             return fut
         return wait_result(fut, deadline, self._timeout)
@@ -282,6 +290,11 @@ class Store:
         if not callable(fn):
             raise TypeError(f"run() needs a callable, not {type(fn).__name__}")
         return self._submit(Run(fn, args, kwargs), wait)
+
+    def _run_lendable(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """run(fn) for safestore's own functions, which may run on the caller's thread."""
+        result: T = self._submit(LendableRun(fn, args, {}), True)
+        return result
 
     # --- reads --------------------------------------------------------------------------
 

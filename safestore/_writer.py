@@ -1,10 +1,19 @@
 """Queue mode: one writer thread per store, group commit.
 
-Callers put requests on an unbounded `queue.SimpleQueue`; a semaphore with `max_queue`
-permits bounds how many are waiting (backpressure without ever blocking while holding a
-lock). The writer takes whatever is queued, up to `MAX_BATCH` requests, and commits it
-as one transaction through the backend. Every request's future is resolved only after
-the COMMIT that carries it (or with the error that its own request raised).
+Callers put requests on an unbounded `queue.SimpleQueue`; a depth count bounds how many
+are waiting (`max_queue`, backpressure). The writer takes whatever is queued, up to
+`MAX_BATCH` requests, and commits it as one transaction through the backend. Every
+request's future is resolved only after the COMMIT that carries it (or with the error
+that its own request raised).
+
+When the writer is idle (nothing queued, no group in progress), a caller that will wait
+for its write anyway runs it itself, on the writer's connection, as a group of one: the
+connection is lent to it, exactly as it is lent to a `transaction()` block, and the
+writer thread takes it back for the next group. Handing a lone request to the writer
+thread and back costs two thread switches, more than the write itself when the engine
+does not sync to disk; under load the queue is never empty, so groups form as before.
+Order is kept: a thread's earlier writes are either finished or still queued (and then
+the queue is not empty).
 
 The writer thread receives the shared `_State`, the backend and the connection, never
 the `Store`, so a store that the user forgets can be garbage-collected (its finalizer
@@ -75,6 +84,12 @@ class _State:
         self.space = threading.Condition(self.lock)
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.depth = 0
+        #: True from the moment the writer takes a group off the queue (or a caller
+        #: borrows the connection) until that group is settled. Under `lock`.
+        self.busy = False
+        #: Held by whoever uses the writer connection for a group: the writer thread,
+        #: or a caller that borrowed it. Taken after `busy` is set, released before.
+        self.conn_owner = threading.Lock()
         self.max_queue = max_queue
         self.closed = False
         self.broken: BaseException | None = None
@@ -97,8 +112,14 @@ class _State:
         """The writer took `n` requests off the queue: make room for that many."""
         with self.lock:
             self.depth -= n
+            self.busy = True
             # notify_all: a notify() could go to a waiter that is just timing out.
             self.space.notify_all()
+
+    def idle(self) -> None:
+        """The group in progress is settled: a lone caller may borrow the connection."""
+        with self.lock:
+            self.busy = False
 
 
 def _fail(req: Request, exc: BaseException) -> None:
@@ -128,6 +149,7 @@ class QueueEngine:
         self.conn = conn
         self.timeout = timeout
         self.state = _State(max_queue)
+        self.conn_lock = conn_lock
         self.thread = threading.Thread(
             target=_writer_main,
             args=(self.state, backend, conn, conn_lock),
@@ -141,25 +163,64 @@ class QueueEngine:
 
     # --- submitting ------------------------------------------------------------------
 
-    def submit(self, req: Request, deadline: float) -> Future[Any] | Waiter:
-        """Queue `req`; raises TimeoutError (nothing queued) if no space by `deadline`."""
+    def submit(self, req: Request, deadline: float, *, lend: bool = False) -> Future[Any] | Waiter:
+        """Queue `req`; raises TimeoutError (nothing queued) if no space by `deadline`.
+
+        With `lend` (the caller will wait for the result), a request that may run on the
+        caller's thread runs there at once if the writer is idle; see the module
+        docstring. Either way the returned future is the request's.
+        """
         state = self.state
         with state.lock:
             self._check(state)
-            while state.depth >= state.max_queue:  # full: wait for the writer to take some
-                left = deadline - time.monotonic()
-                if left <= 0 or not state.space.wait(left):
-                    raise TimeoutError(
-                        f"no room in the write queue after {self.timeout:.1f}s "
-                        f"(max_queue={state.max_queue}, queue depth {state.depth}); "
-                        "nothing of this request was written"
-                    )
-                self._check(state)
-            state.depth += 1
-            if req.is_write:
+            lent = (
+                lend
+                and req.lendable
+                and not state.depth
+                and not state.busy
+                and state.conn_owner.acquire(blocking=False)
+            )
+            if lent:
+                state.busy = True
                 state.counters.accepted += 1
-            state.queue.put(req)
+            else:
+                self._enqueue(state, req, deadline)
+        if lent:
+            self._run_lent(req)
         return req.future
+
+    def _enqueue(self, state: _State, req: Request, deadline: float) -> None:
+        """Put `req` on the queue, waiting for room until `deadline`. Holds `state.lock`."""
+        while state.depth >= state.max_queue:  # full: wait for the writer to take some
+            left = deadline - time.monotonic()
+            if left <= 0 or not state.space.wait(left):
+                raise TimeoutError(
+                    f"no room in the write queue after {self.timeout:.1f}s "
+                    f"(max_queue={state.max_queue}, queue depth {state.depth}); "
+                    "nothing of this request was written"
+                )
+            self._check(state)
+        state.depth += 1
+        if req.is_write:
+            state.counters.accepted += 1
+        state.queue.put(req)
+
+    def _run_lent(self, req: Request) -> None:
+        """Run `req` as a group of one on the calling thread (it holds `conn_owner`)."""
+        state = self.state
+        try:
+            _commit_segment(state, self.backend, self.conn, [req], self._guard)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt in the main thread) or a bug: never leave a
+            # transaction open on the writer's connection. A no-op if none is open.
+            self.backend.rollback(self.conn)
+            raise
+        finally:
+            state.conn_owner.release()
+            state.idle()
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return self.conn_lock if self.conn_lock is not None else nullcontext()
 
     @staticmethod
     def _check(state: _State) -> None:
@@ -319,6 +380,8 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         state.taken(sum(1 for item in batch if item is not STOP))
         stop = False
         segment: list[Request] = []
+        # Wait for a caller that borrowed the connection (it was idle) to finish with it.
+        state.conn_owner.acquire()
         try:
             for item in batch:
                 if item is STOP:
@@ -333,11 +396,15 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
             _commit_segment(state, backend, conn, segment, guard)
         except BaseException as exc:
             # Dying mid-batch: the requests taken off the queue are failed here, the
-            # ones still queued by _writer_main.
+            # ones still queued by _writer_main. `busy` stays set: nobody may borrow
+            # the connection of a dead writer (and _check refuses everyone anyway).
             for item in batch:
                 if item is not STOP:
                     _fail(item, _died(exc))
             raise
+        finally:
+            state.conn_owner.release()
+        state.idle()
         if stop:
             # close() flipped `closed` before queueing STOP, so nothing follows it.
             return

@@ -1,0 +1,172 @@
+"""Queue mode lends an idle writer's connection to a lone caller that waits for its write.
+
+The caller then runs its write as a group of one on its own thread, saving two thread
+switches (see safestore._writer). These tests pin down when that may happen and what
+must stay true: a thread's writes keep their order, queued work is never overtaken,
+run() stays on the writer thread, and close() never closes the connection under a
+caller that borrowed it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import SCHEMA, WAIT, count, db_path, freeze
+
+import safestore
+
+
+def _wait_for(cond: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) for a condition another thread makes true."""
+    deadline = time.monotonic() + WAIT
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def _who_store(make_store: Callable[..., safestore.Store], **kwargs: Any) -> safestore.Store:
+    """A SQLite store whose writer connection has who(): the id of the executing thread."""
+
+    def setup(conn: sqlite3.Connection) -> None:
+        SCHEMA(conn)
+        conn.create_function("who", 0, threading.get_ident)
+
+    return make_store(setup=setup, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_lone_write_runs_on_the_callers_thread(make_store: Callable[..., safestore.Store]) -> None:
+    """An idle writer lends its connection: the statement runs on the calling thread."""
+    store = _who_store(make_store)
+    store.execute("INSERT INTO t (v, n) VALUES ('main', who())")
+    assert store.query_one("SELECT n FROM t WHERE v = 'main'") == (threading.get_ident(),)
+    # run() is promised the writer thread, idle or not.
+    assert store.run(lambda conn: threading.get_ident()) == store._engine.thread.ident  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_write_queues_while_the_writer_is_busy(make_store: Callable[..., safestore.Store]) -> None:
+    """With a group in progress, a waiting write queues and the writer thread runs it."""
+    store = _who_store(make_store)
+    gate, held = freeze(store)
+    done = threading.Event()
+
+    def write() -> None:
+        store.execute("INSERT INTO t (v, n) VALUES ('queued', who())")
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    _wait_for(lambda: store.stats().queue_depth == 1, "the write to queue")
+    assert not done.is_set()
+    gate.release()
+    assert held.result(WAIT) == "held"
+    assert done.wait(WAIT)
+    thread.join(WAIT)
+    writer = store._engine.thread.ident  # type: ignore[union-attr]
+    assert store.query_one("SELECT n FROM t WHERE v = 'queued'") == (writer,)
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_a_threads_writes_keep_their_order(
+    store: safestore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting write is not lent the connection while earlier writes are still queued.
+
+    The writer is held just after taking requests off the queue and before it marks
+    itself busy: the moment when only the queue depth tells that work is pending.
+    """
+    state = store._engine.state  # type: ignore[union-attr]
+    taking, go = threading.Event(), threading.Event()
+    real_taken = state.taken
+
+    def held_taken(n: int) -> None:
+        taking.set()
+        assert go.wait(WAIT)
+        real_taken(n)
+
+    monkeypatch.setattr(state, "taken", held_taken)
+    futures = [store.insert("t", {"v": f"early-{i}", "n": i}, wait=False) for i in range(5)]
+    assert taking.wait(WAIT)
+
+    last_done = threading.Event()
+
+    def release_once_queued() -> None:
+        # Queued behind the five (depth 6), or (wrongly) already run on the caller's thread.
+        _wait_for(lambda: state.depth >= 6 or last_done.is_set(), "the waiting write")
+        go.set()
+
+    releaser = threading.Thread(target=release_once_queued)
+    releaser.start()
+    store.insert("t", {"v": "last", "n": 5})
+    last_done.set()
+    releaser.join(WAIT)
+    assert [f.result(WAIT).rowcount for f in futures] == [1] * 5
+    assert store.query("SELECT n FROM t ORDER BY id") == [(i,) for i in range(6)]
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_close_waits_for_a_borrowed_connection(tmp_path: Path, mode: str) -> None:
+    """close() lets a caller that borrowed the connection finish; its write is kept."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> int:
+        inside.set()
+        assert release.wait(WAIT)
+        return 7
+
+    def setup(conn: sqlite3.Connection) -> None:
+        SCHEMA(conn)
+        conn.create_function("hold", 0, hold)
+
+    path = db_path(tmp_path, "sqlite")
+    store = safestore.Store(path, mode=mode, setup=setup, timeout=WAIT)
+    results: list[Any] = []
+    writer = threading.Thread(
+        target=lambda: results.append(store.execute("INSERT INTO t (v, n) VALUES ('x', hold())"))
+    )
+    writer.start()
+    assert inside.wait(WAIT)  # the caller's thread is inside the engine, on the connection
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (store.close(WAIT), closed.set()))
+    closer.start()
+    # close() cannot finish while the borrowed connection is in use (bounded check).
+    assert not closed.wait(0.2)
+    with pytest.raises(safestore.StoreClosedError):
+        store.insert("t", {"v": "after close"})
+    release.set()
+    writer.join(WAIT)
+    closer.join(WAIT)
+    assert closed.is_set()
+    assert results and results[0].rowcount == 1
+    with safestore.Store(path, read_only=True) as again:
+        assert again.query("SELECT v, n FROM t") == [("x", 7)]
+
+
+def test_sequential_and_concurrent_writes_all_land(store: safestore.Store) -> None:
+    """Lent and queued groups interleave freely; every write lands exactly once."""
+    barrier = threading.Barrier(8)
+
+    def work(w: int) -> None:
+        barrier.wait(WAIT)
+        for i in range(40):
+            store.insert("t", {"v": f"{w}-{i}", "n": w})
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    for i in range(20):  # alone again: lent
+        store.insert("t", {"v": f"solo-{i}", "n": -1})
+    assert count(store) == 8 * 40 + 20
+    stats = store.stats()
+    assert stats.writes_accepted == stats.writes_committed == 8 * 40 + 20
