@@ -87,6 +87,9 @@ class _State:
         #: True from the moment the writer takes a group off the queue (or a caller
         #: borrows the connection) until that group is settled. Under `lock`.
         self.busy = False
+        #: Whether the store looks used by one thread at a time, so that lending the
+        #: connection cannot split a group. Under `lock`; see `idle`.
+        self.lend_ok = True
         #: Held by whoever uses the writer connection for a group: the writer thread,
         #: or a caller that borrowed it. Taken after `busy` is set, released before.
         self.conn_owner = threading.Lock()
@@ -116,10 +119,19 @@ class _State:
             # notify_all: a notify() could go to a waiter that is just timing out.
             self.space.notify_all()
 
-    def idle(self) -> None:
-        """The group in progress is settled: a lone caller may borrow the connection."""
+    def idle(self, alone: bool) -> None:
+        """The group in progress is settled: a lone caller may borrow the connection.
+
+        `alone` says whether that group showed no concurrency: the writer's group held
+        one request, or nobody queued while a caller had the connection. Lending is
+        only worth it then. Under load a lent call would commit on its own while the
+        others queue behind it: two commits (two disk syncs) where one group would
+        have needed one. So one sign of concurrency stops lending until the writer
+        again finds a single request in the queue.
+        """
         with self.lock:
             self.busy = False
+            self.lend_ok = alone and not self.depth
 
 
 def _fail(req: Request, exc: BaseException) -> None:
@@ -178,6 +190,7 @@ class QueueEngine:
                 and req.lendable
                 and not state.depth
                 and not state.busy
+                and state.lend_ok
                 and state.conn_owner.acquire(blocking=False)
             )
             if lent:
@@ -217,7 +230,7 @@ class QueueEngine:
             raise
         finally:
             state.conn_owner.release()
-            state.idle()
+            state.idle(alone=True)
 
     def _guard(self) -> AbstractContextManager[Any]:
         return self.conn_lock if self.conn_lock is not None else nullcontext()
@@ -404,7 +417,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
             raise
         finally:
             state.conn_owner.release()
-        state.idle()
+        state.idle(alone=len(batch) == 1)
         if stop:
             # close() flipped `closed` before queueing STOP, so nothing follows it.
             return

@@ -170,3 +170,29 @@ def test_sequential_and_concurrent_writes_all_land(store: safestore.Store) -> No
     assert count(store) == 8 * 40 + 20
     stats = store.stats()
     assert stats.writes_accepted == stats.writes_committed == 8 * 40 + 20
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_lending_stops_under_concurrency_until_a_lone_request(
+    make_store: Callable[..., safestore.Store],
+) -> None:
+    """After a group of several requests, writes go to the writer until one comes alone.
+
+    Lending a call the connection while others queue behind it would split one group
+    commit (one disk sync) into two.
+    """
+    store = _who_store(make_store)
+    writer = store._engine.thread.ident  # type: ignore[union-attr]
+    me = threading.get_ident()
+    gate, held = freeze(store)
+    futures = [store.insert("t", {"v": f"q{i}"}, wait=False) for i in range(3)]
+    gate.release()
+    assert held.result(WAIT) == "held"
+    for f in futures:
+        f.result(WAIT)  # committed as one group of three
+    store.execute("INSERT INTO t (v, n) VALUES ('a', who())")  # the writer: it saw a crowd
+    store.execute("INSERT INTO t (v, n) VALUES ('b', who())")  # that one came alone: lent
+    store.execute("INSERT INTO t (v, n) VALUES ('c', who())")
+    rows = dict(store.query("SELECT v, n FROM t WHERE v IN ('a', 'b', 'c')"))
+    assert rows == {"a": writer, "b": me, "c": me}
