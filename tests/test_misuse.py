@@ -132,3 +132,13 @@ def test_close_that_times_out_still_commits_at_exit(tmp_path: Path, backend: str
     assert "timed out" in proc.stdout
     with safestore.Store(path) as store:
         assert count(store) == 5
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "-- only a comment"])
+def test_execute_of_no_statement_does_nothing(store: safestore.Store, sql: str) -> None:
+    """execute() of SQL with no statement in it is a no-op on both engines (as in sqlite3)."""
+    result = store.execute(sql)
+    assert (result.rowcount, result.rows) == (-1, [])
+    assert store.query(sql) == []
+    store.insert("t", {"v": "still usable"})
+    assert store.query_one("SELECT count(*) FROM t") == (1,)

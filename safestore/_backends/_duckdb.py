@@ -503,6 +503,10 @@ class DuckDBBackend:
         self._appenders.clear()  # the statement may change the schema
         if isinstance(request, Execute):
             conn.execute(request.sql, _params(request.params))
+            if conn.description is None:
+                # No statement at all (empty, or only comments): nothing ran, and there
+                # is no result to drain. SQLite treats it the same way.
+                return Result(-1, None, [])
             rowcount = conn.rowcount
             rows = conn.fetchall()  # always drain: an open result blocks appender flushes
             if rowcount == -1 and self._is_dml(conn, request.sql):
