@@ -17,8 +17,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._backends import Backend
+from ._group import Counters, run_group, settle
 from ._requests import Request, TxSession, Waiter
-from ._writer import Counters, run_group, settle
 from .errors import StoreClosedError, TimeoutError
 
 

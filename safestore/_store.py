@@ -1,13 +1,13 @@
 """`Store`: the facade users share between threads.
 
 It checks arguments, opens the backend, picks the mode (a `QueueEngine` with its writer
-thread, or a `LockEngine`), and owns the lifecycle: close, flush, `with`, the atexit
-hook, the finalizer of a forgotten store, and fork detection. No SQL lives here.
+thread, or a `LockEngine`), and owns the store's lifecycle: close, flush, `with`, the
+finalizer of a forgotten store, and refusing use after a fork (the process-wide exit
+and fork hooks are in `_lifecycle`). No SQL lives here.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import threading
@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from . import _lifecycle
 from ._backends import Backend, Config, open_backend
+from ._group import run_group, wait_result
 from ._locked import LockEngine
 from ._readers import Readers
 from ._requests import (
@@ -33,7 +35,7 @@ from ._requests import (
     build_insert,
 )
 from ._transaction import Transaction
-from ._writer import QueueEngine, run_group, wait_result
+from ._writer import QueueEngine
 from .errors import ProgrammingError, ReadOnlyError, StoreClosedError, StoreError, translate
 
 T = TypeVar("T")
@@ -157,7 +159,7 @@ class Store:
         self._mode = mode
         self._path = path
         self._read_only = read_only
-        self._generation = _fork_generation  # changes in a forked child
+        self._generation = _lifecycle.fork_generation  # changes in a forked child
         self._closed = False
         self._lock = threading.Lock()  # guards _closed
         self._tx_local = threading.local()  # .active: this thread has an open transaction()
@@ -208,8 +210,8 @@ class Store:
         self._finalizer = weakref.finalize(
             self, _finalize_unclosed, self._engine, self._readers, repr(self)
         )
-        self._finalizer.atexit = False  # exit is handled by _close_all_at_exit, silently
-        _live.add(self)
+        self._finalizer.atexit = False  # exit is handled by _lifecycle's hook, silently
+        _lifecycle.live.add(self)
 
     # --- attributes ---------------------------------------------------------------------
 
@@ -405,7 +407,7 @@ class Store:
         # for the writer to commit what was accepted.
         self._engine.close(timeout)
         self._finalizer.detach()
-        _live.discard(self)
+        _lifecycle.live.discard(self)
 
     def __enter__(self) -> Store:
         return self
@@ -448,10 +450,15 @@ class Store:
                 "running it; use the `conn` run() was given"
             )
 
+    def _detach_after_fork(self) -> tuple[Any, ...]:
+        """In a forked child: never finalize this store; return what must stay alive."""
+        self._finalizer.detach()
+        return (self._engine, self._readers)
+
     def _forked(self) -> bool:
         # A module global bumped by the at-fork hook: cheaper than os.getpid() (a system
         # call) on every call.
-        return self._generation != _fork_generation
+        return self._generation != _lifecycle.fork_generation
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -502,74 +509,3 @@ def _finalize_unclosed(engine: QueueEngine | LockEngine, readers: Readers, name:
     warnings.warn(f"{name} was never closed; closing it now", ResourceWarning, stacklevel=2)
     readers.close()
     engine.close(None)
-
-
-# --- process-wide lifecycle: exit and fork --------------------------------------------
-
-#: Bumped in a forked child; a store opened before the fork sees it changed.
-_fork_generation = 0
-
-# Every open store. Weak, so it never keeps a forgotten store alive.
-_live: weakref.WeakSet[Store] = weakref.WeakSet()
-# Engines inherited by a forked child. Kept referenced for the child's whole life so
-# their connections are never closed (or checkpointed) there: closing a SQLite
-# connection in the child could delete the parent's WAL under it.
-_orphaned_engines: list[Any] = []
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    """Commit every accepted write of every store still open at interpreter exit.
-
-    Runs after non-daemon threads have been joined and before modules are torn down,
-    so the writer threads (daemons) are still alive to drain their queues.
-    """
-    for store in list(_live):  # emptied in a forked child by _after_fork_in_child
-        try:
-            store.close()
-        except Exception:  # keep closing the others
-            import logging
-
-            logging.getLogger("safestore").exception("closing %r at exit failed", store)
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
-    if not _live:
-        return
-    for store in list(_live):
-        _orphaned_engines.append(store._engine)
-        _orphaned_engines.append(store._readers)
-        store._finalizer.detach()
-    _live.clear()
-    _never_free(_orphaned_engines)
-
-
-def _never_free(obj: object) -> None:
-    """Keep `obj` (and what it holds) alive past interpreter teardown in a forked child.
-
-    A module-level reference is not enough: teardown clears module dicts, and the
-    inherited connections would then be closed in the child. Closing the last SQLite
-    connection to a WAL file checkpoints it and deletes the parent's -wal and -shm files;
-    destroying the inherited DuckDB instance checkpoints into the parent's file (and
-    crashed the child). One extra reference that is never dropped prevents both; the
-    memory goes back to the OS when the child exits.
-    """
-    global _pinned
-    if _pinned:
-        return
-    try:
-        import ctypes
-
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-        _pinned = True
-    except Exception:  # no ctypes: the module reference is the best we can do
-        pass
-
-
-_pinned = False  # whether _orphaned_engines has its never-dropped reference
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

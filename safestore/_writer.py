@@ -22,7 +22,6 @@ then stops the writer).
 
 from __future__ import annotations
 
-import builtins
 import enum
 import logging
 import queue
@@ -33,7 +32,8 @@ from concurrent.futures import Future, InvalidStateError
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from ._backends import Backend, Outcome
+from ._backends import Backend
+from ._group import Counters, run_group, settle, wait_result
 from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
@@ -53,19 +53,6 @@ class _Stop(enum.Enum):
 
 STOP = _Stop.STOP
 Item = Request | _Stop
-
-
-class Counters:
-    """Statistics. Writer-only fields are written by one thread; `accepted` under a lock."""
-
-    __slots__ = ("accepted", "commits", "committed", "failed", "largest_batch")
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.committed = 0
-        self.failed = 0
-        self.commits = 0
-        self.largest_batch = 0
 
 
 class _State:
@@ -308,30 +295,6 @@ class QueueEngine:
         return max(0, self.state.depth)
 
 
-def wait_result(fut: Future[Any] | Waiter, deadline: float, timeout: float) -> Any:
-    """Wait for a request's future until `deadline`; on timeout withdraw it if possible."""
-    try:
-        return fut.result(max(0.0, deadline - time.monotonic()))
-    except builtins.TimeoutError:
-        return after_timeout(fut, timeout)
-
-
-def after_timeout(fut: Future[Any] | Waiter, timeout: float) -> Any:
-    """A caller gave up waiting: withdraw the request if it has not started, and raise.
-
-    Returns its value instead if it finished in the meantime.
-    """
-    started = not fut.cancel()
-    if started and fut.done():  # finished in the meantime
-        return fut.result()
-    what = (
-        "it had already started and may still commit"
-        if started
-        else "it was withdrawn and nothing of it was written"
-    )
-    raise TimeoutError(f"no result after {timeout:.1f}s; {what}") from None
-
-
 # --- the writer thread -------------------------------------------------------------------
 
 
@@ -435,65 +398,6 @@ def _commit_segment(
     settle(state.counters, live, outcomes, error)
     # Writes withdrawn by callers that timed out or were cancelled raised there.
     state.counters.failed += sum(1 for r in segment if r.is_write and r.future.cancelled())
-
-
-def settle(
-    counters: Counters, live: list[Request], outcomes: list[Outcome], error: BaseException | None
-) -> None:
-    """Resolve the futures of a group that `run_group` ran, and count it in the stats."""
-    writes = [r for r in live if r.is_write]
-    if writes:
-        if error is not None:
-            for req in writes:
-                req.future.set_exception(error)
-            counters.failed += len(writes)
-        else:
-            counters.commits += 1
-            counters.largest_batch = max(counters.largest_batch, len(writes))
-            for req, value, req_error in outcomes:
-                if req_error is None:
-                    counters.committed += 1
-                    req.future.set_result(value)
-                else:
-                    counters.failed += 1
-                    req.future.set_exception(req_error)
-    for req in live:
-        if not req.is_write:
-            req.future.set_result(None)
-
-
-def run_group(
-    backend: Backend, conn: Any, segment: list[Request]
-) -> tuple[list[Request], list[Outcome], BaseException | None]:
-    """Begin, claim the requests still wanted, apply and commit them.
-
-    Returns the claimed requests, their outcomes, and the error that failed the group
-    as a whole (could not begin within the timeout, or COMMIT failed), if any.
-
-    Futures are claimed only once the write lock is held: a caller that timed out and
-    withdrew while the writer waited for another process's lock is skipped, so its
-    TimeoutError really means nothing of it was written. From the claim on, no caller
-    can withdraw (its write is being attempted).
-    """
-    if not any(r.is_write for r in segment):
-        return [r for r in segment if r.future.set_running_or_notify_cancel()], [], None
-    try:
-        backend.begin(conn)
-    except Exception as exc:
-        live = [r for r in segment if r.future.set_running_or_notify_cancel()]
-        return live, [], translate(exc)
-    live = [r for r in segment if r.future.set_running_or_notify_cancel()]
-    writes = [r for r in live if r.is_write]
-    if not writes:
-        backend.rollback(conn)
-        return live, [], None
-    try:
-        return live, backend.commit_group(conn, writes), None
-    except Exception as exc:
-        # The group as a whole failed: nothing of it is committed, and every caller
-        # in it gets the engine's error.
-        backend.rollback(conn)
-        return live, [], translate(exc)
 
 
 def _serve_session(

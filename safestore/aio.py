@@ -39,10 +39,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from ._group import after_timeout
 from ._requests import Execute, ExecuteMany, Request, Result, Run, build_insert
 from ._store import Stats, Store, _check_sql
 from ._transaction import Transaction
-from ._writer import QueueEngine, after_timeout
+from ._writer import QueueEngine
 from .errors import StoreClosedError, StoreError, TimeoutError
 
 __all__ = ["AsyncStore", "AsyncTransaction"]

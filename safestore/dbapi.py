@@ -234,7 +234,7 @@ def _parse_uri(database: object, read_only: bool) -> tuple[str, bool]:
 def _close_all_at_exit() -> None:
     """Roll back open thread transactions before the store's own exit hook commits.
 
-    Registered after _store's hook, so it runs first: a transaction left open must not
+    Registered after _lifecycle's hook, so it runs first: a transaction left open must not
     keep the writer waiting (up to `timeout`) while the process exits.
     """
     for conn in list(live):

@@ -1,0 +1,85 @@
+"""Process-wide lifecycle of stores: interpreter exit and fork.
+
+Every open `Store` registers itself in `live` (weakly, so a forgotten store can still
+be garbage-collected). At interpreter exit the atexit hook closes each one, committing
+everything it accepted. In a forked child the at-fork hook bumps `fork_generation`,
+which every store inherited from the parent compares with the generation it was opened
+in, so that any use of it in the child raises at once; and it makes sure the child
+never closes (or checkpoints) the connections it inherited.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+log = logging.getLogger("safestore")
+
+#: Bumped in a forked child; a store opened before the fork sees it changed.
+fork_generation = 0
+
+#: Every open store. Weak, so it never keeps a forgotten store alive.
+live: weakref.WeakSet[Store] = weakref.WeakSet()
+
+# Engines and readers inherited by a forked child. Kept referenced for the child's
+# whole life so their connections are never closed (or checkpointed) there: closing a
+# SQLite connection in the child could delete the parent's WAL under it.
+_orphaned: list[Any] = []
+_pinned = False  # whether _orphaned has its never-dropped reference
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Commit every accepted write of every store still open at interpreter exit.
+
+    Runs after non-daemon threads have been joined and before modules are torn down,
+    so the writer threads (daemons) are still alive to drain their queues.
+    """
+    for store in list(live):  # emptied in a forked child by _after_fork_in_child
+        try:
+            store.close()
+        except Exception:  # keep closing the others
+            log.exception("closing %r at exit failed", store)
+
+
+def _after_fork_in_child() -> None:
+    global fork_generation
+    fork_generation += 1
+    if not live:
+        return
+    for store in list(live):
+        _orphaned.extend(store._detach_after_fork())
+    live.clear()
+    _never_free(_orphaned)
+
+
+def _never_free(obj: object) -> None:
+    """Keep `obj` (and what it holds) alive past interpreter teardown in a forked child.
+
+    A module-level reference is not enough: teardown clears module dicts, and the
+    inherited connections would then be closed in the child. Closing the last SQLite
+    connection to a WAL file checkpoints it and deletes the parent's -wal and -shm files;
+    destroying the inherited DuckDB instance checkpoints into the parent's file (and
+    crashed the child). One extra reference that is never dropped prevents both; the
+    memory goes back to the OS when the child exits.
+    """
+    global _pinned
+    if _pinned:
+        return
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+        _pinned = True
+    except Exception:  # no ctypes: the module reference is the best we can do
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
