@@ -7,6 +7,11 @@ writes gets SQLITE_BUSY at once, ignoring the busy timeout).
 
 Failure isolation inside a group commit uses one SAVEPOINT per request: a request that
 fails is rolled back to its savepoint and the others still commit.
+
+What a statement may do is decided in ``_sqlite_guard.py``: the authorizer that keeps
+reads read-only, and the refusals that keep a write request (or a `run()` function) from
+ending the group's transaction. This module calls it at three points: `connect_reader`
+(the reader's permanent guard), `read`, and `apply`.
 """
 
 from __future__ import annotations
@@ -20,59 +25,22 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from .._dbapi_sql import Kind, classify, is_insert
-from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Rows, Run
-from ..errors import ProgrammingError, ReadOnlyError, StoreError, TimeoutError, translate
+from .._dbapi_sql import is_insert
+from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
+from ..errors import StoreError, TimeoutError, translate
 from . import Config, Outcome
+from ._sqlite_guard import (
+    _call_run,
+    _guarded_read,
+    _load_schema,
+    _refuse_transaction_control,
+)
 
 log = logging.getLogger("safestore")
 
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_LOCKED", 6)}
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _ROWS_PER_STATEMENT = 256
-
-# Authorizer for readers: allow only what a read does. The engine parses the statement
-# and reports every action it would take; anything else (writes, DDL, transaction
-# control, ATTACH - which VACUUM uses) is denied before it runs.
-_READ_ACTIONS = {
-    sqlite3.SQLITE_SELECT,
-    sqlite3.SQLITE_READ,
-    sqlite3.SQLITE_FUNCTION,
-    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
-}
-# Pragmas that only report; any argument they take names a table or index.
-_INFO_PRAGMAS = {
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "foreign_key_list",
-    "foreign_key_check",
-    "integrity_check",
-    "quick_check",
-    "collation_list",
-    "database_list",
-    "function_list",
-    "module_list",
-    "pragma_list",
-    "compile_options",
-}
-# Pragmas that have side effects even without an argument.
-_ACTIVE_PRAGMAS = {"optimize", "wal_checkpoint", "incremental_vacuum", "shrink_memory"}
-
-
-def _read_authorizer(
-    action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None
-) -> int:
-    if action in _READ_ACTIONS:
-        return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
-        name = arg1.lower()
-        if name in _INFO_PRAGMAS or (arg2 is None and name not in _ACTIVE_PRAGMAS):
-            return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
 
 
 @functools.lru_cache(maxsize=256)
@@ -417,22 +385,7 @@ class SQLiteBackend:
                 cur.close()
         if isinstance(request, Run):
             self._returning.clear()
-            # While fn runs, the engine refuses COMMIT/ROLLBACK/BEGIN (conn.commit()
-            # included) and safestore's own savepoints: fn must not end the group's
-            # transaction under the other requests in it. Setting an authorizer expires
-            # prepared statements, so this costs a re-prepare, only around run().
-            conn.set_authorizer(_run_authorizer)
-            try:
-                return request.fn(conn, *request.args, **request.kwargs)
-            except sqlite3.DatabaseError as exc:
-                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:
-                    raise ProgrammingError(
-                        "a run() function cannot begin, commit or roll back the transaction "
-                        "(safestore commits it); use savepoints of your own if you need them"
-                    ) from translate(exc)
-                raise
-            finally:
-                conn.set_authorizer(None)
+            return _call_run(conn, request)  # fn cannot end the transaction (_sqlite_guard)
         if isinstance(request, Flush):
             return None
         raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
@@ -452,74 +405,8 @@ class SQLiteBackend:
     # --- reads -----------------------------------------------------------------------
 
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
-        if shared:
-            # The writer connection: make it read-only for the length of this call. The
-            # caller holds the lock that serialises every use of this connection.
-            conn.execute("PRAGMA query_only=1")
-            conn.set_authorizer(_read_authorizer)
-        try:
-            try:
-                return _fetch_all(conn, sql, params)
-            except sqlite3.OperationalError as exc:
-                # SQLITE_SCHEMA: the schema had to be (re)loaded while the statement was
-                # prepared under the authorizer, which denies that; load it, try again.
-                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_SCHEMA:
-                    raise
-                _load_schema(conn)
-                return _fetch_all(conn, sql, params)
-        except sqlite3.DatabaseError as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH):
-                raise ReadOnlyError(
-                    f"query() runs read-only statements; this one would change the "
-                    f"database ({exc}): {sql[:200]!r}"
-                ) from translate(exc)
-            raise
-        finally:
-            if shared:
-                conn.set_authorizer(None)
-                conn.execute("PRAGMA query_only=0")
-
-
-def _load_schema(conn: Any) -> None:
-    """Read the schema with the authorizer off (it would deny the schema's own reads)."""
-    conn.set_authorizer(None)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-    finally:
-        conn.set_authorizer(_read_authorizer)
-
-
-def _refuse_transaction_control(sql: str) -> None:
-    """execute() must not begin, commit or roll back: every write call is atomic already."""
-    kind = classify(sql)
-    if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK) or (
-        kind is Kind.OTHER and "safestore_" in sql.lower()
-    ):
-        raise ProgrammingError(
-            "execute() cannot run BEGIN/COMMIT/ROLLBACK: every write call is already "
-            "atomic; use store.transaction() for several statements"
-        )
-
-
-def _run_authorizer(
-    action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None
-) -> int:
-    if action == sqlite3.SQLITE_TRANSACTION:
-        return sqlite3.SQLITE_DENY
-    if action == getattr(sqlite3, "SQLITE_SAVEPOINT", 32) and (arg2 or "").startswith("safestore_"):
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
-def _fetch_all(conn: Any, sql: str, params: Any) -> list[tuple[Any, ...]]:
-    cur = conn.execute(sql, params)
-    try:
-        # fetchall() runs the statement to completion, so its implicit read transaction
-        # ends here: no snapshot is held between calls.
-        return Rows(cur.fetchall(), cur.description)
-    finally:
-        cur.close()
+        # The authorizer, the SQLITE_SCHEMA retry and ReadOnlyError: see _sqlite_guard.py.
+        return _guarded_read(conn, sql, params, shared=shared)
 
 
 def make_backend(config: Config) -> SQLiteBackend:
