@@ -4,11 +4,16 @@ Every strategy runs the same workload on a fresh file in a temporary folder, one
 another in one process, so the ratios printed at the end compare like with like on the
 machine at hand. Absolute numbers vary between machines and runs; the ratios are the
 point.
+
+This module holds the workloads (which strategies run, on which engines and
+durabilities, and how each run is measured into an `Outcome`) and `main`. The strategies
+themselves are in _bench_strategies.py; the table, ratios, JSON and chart in
+_bench_report.py. Workloads run one after another in the main thread; threads exist
+only inside one run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
@@ -16,14 +21,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ._bench_report import plot, render, set_ratios, write_json
+from ._bench_strategies import (
+    INSERT,
+    TABLE,
+    duckdb_cursor_per_thread,
+    run_threads,
+    safestore_strategy,
+    sqlite_connect,
+    sqlite_file,
+    sqlite_new_connection,
+    sqlite_per_thread,
+    sqlite_shared_lock,
+)
 from ._store import Store
-
-TABLE = "CREATE TABLE IF NOT EXISTS bench (thread INTEGER, seq INTEGER, payload TEXT)"
-INSERT = "INSERT INTO bench VALUES (?, ?, ?)"
 
 
 @dataclass
@@ -80,184 +94,10 @@ def _measured(
     )
 
 
-def _run_threads(
-    threads: int, body: Callable[[int, list[float]], int]
-) -> tuple[float, list[float], int]:
-    """Run body(i, latencies) on `threads` threads started together; return
-    (seconds, all latencies, errors)."""
-    barrier = threading.Barrier(threads + 1)
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    errors = [0] * threads
-
-    def target(i: int) -> None:
-        barrier.wait()
-        errors[i] = body(i, latencies[i])
-
-    workers = [threading.Thread(target=target, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - start
-    return elapsed, [x for lat in latencies for x in lat], sum(errors)
-
-
-def _sqlite_file(path: Path, durability: str) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(TABLE)
-    conn.close()
-
-
-def _sqlite_connect(path: Path, durability: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
-    return conn
-
-
 def _count(backend: str, path: Path) -> int:
     with Store(path, backend=backend, read_only=True) as store:  # type: ignore[arg-type]
         row = store.query_one("SELECT count(*) FROM bench")
     return int(row[0]) if row else 0
-
-
-# --- strategies for "N threads x single-row inserts that wait for commit" --------------
-
-
-def _one_insert(conn: Any, i: int, j: int) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute(INSERT, (i, j, "x" * 16))
-    conn.execute("COMMIT")
-
-
-def _timed(
-    rows: int,
-    lat: list[float],
-    insert: Callable[[int], object],
-    failure: type[BaseException] | tuple[type[BaseException], ...] = (),
-    recover: Callable[[], object] | None = None,
-) -> int:
-    """Call ``insert(j)`` for each row, recording each call's latency in `lat`.
-
-    Returns how many calls raised `failure` (after calling `recover`, if given).
-    """
-    errors = 0
-    for j in range(rows):
-        t = time.perf_counter()
-        try:
-            insert(j)
-        except failure:
-            errors += 1
-            if recover is not None:
-                recover()
-        lat.append(time.perf_counter() - t)
-    return errors
-
-
-def sqlite_new_connection(
-    path: Path, durability: str, threads: int, rows: int
-) -> tuple[float, list[float], int]:
-    _sqlite_file(path, durability)
-
-    def insert(i: int, j: int) -> None:
-        conn = _sqlite_connect(path, durability)
-        try:
-            _one_insert(conn, i, j)
-        finally:
-            conn.close()
-
-    def body(i: int, lat: list[float]) -> int:
-        return _timed(rows, lat, lambda j: insert(i, j), sqlite3.Error)
-
-    return _run_threads(threads, body)
-
-
-def sqlite_per_thread(
-    path: Path, durability: str, threads: int, rows: int
-) -> tuple[float, list[float], int]:
-    _sqlite_file(path, durability)
-
-    def body(i: int, lat: list[float]) -> int:
-        conn = _sqlite_connect(path, durability)
-
-        def recover() -> None:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-
-        try:
-            return _timed(rows, lat, lambda j: _one_insert(conn, i, j), sqlite3.Error, recover)
-        finally:
-            conn.close()
-
-    return _run_threads(threads, body)
-
-
-def sqlite_shared_lock(
-    path: Path, durability: str, threads: int, rows: int
-) -> tuple[float, list[float], int]:
-    _sqlite_file(path, durability)
-    conn = _sqlite_connect(path, durability)
-    lock = threading.Lock()
-
-    def insert(i: int, j: int) -> None:
-        with lock:
-            _one_insert(conn, i, j)
-
-    try:
-        return _run_threads(threads, lambda i, lat: _timed(rows, lat, lambda j: insert(i, j)))
-    finally:
-        conn.close()
-
-
-def duckdb_cursor_per_thread(
-    path: Path, durability: str, threads: int, rows: int
-) -> tuple[float, list[float], int]:
-    import duckdb
-
-    conn = duckdb.connect(str(path))
-    conn.execute(TABLE)
-
-    def body(i: int, lat: list[float]) -> int:
-        cur = conn.cursor()
-        try:
-            return _timed(rows, lat, lambda j: cur.execute(INSERT, (i, j, "x" * 16)), duckdb.Error)
-        finally:
-            cur.close()
-
-    try:
-        return _run_threads(threads, body)
-    finally:
-        conn.close()
-
-
-def safestore_strategy(mode: str, wait: bool) -> Callable[..., tuple[float, list[float], int]]:
-    def run(
-        path: Path, durability: str, threads: int, rows: int, backend: str = "sqlite"
-    ) -> tuple[float, list[float], int]:
-        options: dict[str, Any] = {"backend": backend, "mode": mode, "durability": durability}
-        with Store(path, setup=TABLE, timeout=120, **options) as store:
-
-            def body(i: int, lat: list[float]) -> int:
-                futures: list[Any] = []
-
-                def insert(j: int) -> None:
-                    row = {"thread": i, "seq": j, "payload": "x" * 16}
-                    if wait:
-                        store.insert("bench", row)
-                    else:
-                        futures.append(store.insert("bench", row, wait=False))
-
-                errors = _timed(rows, lat, insert, Exception)
-                if not wait:
-                    store.flush()
-                    errors += sum(1 for f in futures if f.exception() is not None)
-                return errors
-
-            return _run_threads(threads, body)
-
-    return run
 
 
 # --- workloads ---------------------------------------------------------------------------
@@ -356,8 +196,8 @@ def bench_bulk(folder: Path, backends: list[str], rows: int) -> list[Outcome]:
         path = folder / f"bulk-raw-{backend}.{suffix}"
         _progress(f"  bulk {backend}: engine's own bulk path ...")
         if backend == "sqlite":
-            _sqlite_file(path, "full")
-            conn = _sqlite_connect(path, "full")
+            sqlite_file(path, "full")
+            conn = sqlite_connect(path, "full")
             t = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(INSERT, data)
@@ -464,7 +304,7 @@ def _reads_one(folder: Path, backend: str, threads: int, rows: int, readers: int
         rthreads = [threading.Thread(target=reader, args=(k,)) for k in range(readers)]
         for r in rthreads:
             r.start()
-        elapsed, _, _ = _run_threads(threads, writer)
+        elapsed, _, _ = run_threads(threads, writer)
         stop.set()
         for r in rthreads:
             r.join()
@@ -493,69 +333,6 @@ def _reads_one(folder: Path, backend: str, threads: int, rows: int, readers: int
     )
 
 
-def _ratios(results: list[Outcome]) -> None:
-    groups: dict[tuple[str, str, str], list[Outcome]] = {}
-    for r in results:
-        groups.setdefault((r.workload, r.backend, r.durability), []).append(r)
-    for members in groups.values():
-        alternatives = [m.rows_per_s for m in members if not m.ours and m.errors == 0]
-        best = max(alternatives, default=0.0)
-        for m in members:
-            if m.ours and best:
-                m.ratio = m.rows_per_s / best
-
-
-def render(results: list[Outcome]) -> str:
-    """The results as a text table."""
-    head = f"{'workload':<15} {'backend':<7} {'dur.':<6} {'strategy':<38} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'rows':>9} {'ratio':>7}"
-    lines = [head, "-" * len(head)]
-    for r in results:
-        ratio = f"{r.ratio:.1f}x" if r.ratio is not None else ""
-        rows = f"{r.rows_found}" + (
-            "" if r.rows_found == r.rows_expected else f"/{r.rows_expected}"
-        )
-        lines.append(
-            f"{r.workload:<15} {r.backend:<7} {r.durability:<6} {r.strategy:<38} "
-            f"{r.rows_per_s:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {rows:>9} {ratio:>7}"
-        )
-        if r.extra.get("idle_p99_ms"):
-            lines.append(
-                f"{'':<15} {'':<7} {'':<6} {'  idle reads: p99 ' + format(r.extra['idle_p99_ms'], '.2f') + ' ms':<38}"
-                f" {'':>10} {'':>8} {'':>8} {'':>6} {'':>9} {r.extra['p99_over_idle']:>6.1f}x"
-            )
-    lines.append(
-        "ratio: safestore's rows/s over the best error-free alternative in the same group;"
-    )
-    lines.append("       for 'reads': p99 read latency during the write storm over the idle p99.")
-    return "\n".join(lines)
-
-
-def plot(results: list[Outcome], file: str) -> None:
-    """Bar chart of rows/s per strategy, one panel per (workload, backend, durability)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the optional extra
-        raise SystemExit("--plot needs matplotlib: pip install 'safestore[plot]'") from exc
-    groups: dict[str, list[Outcome]] = {}
-    for r in results:
-        if r.workload != "reads":
-            groups.setdefault(f"{r.workload} / {r.backend} / {r.durability}", []).append(r)
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 2.2 * len(groups)), squeeze=False)
-    for ax, (title, members) in zip(axes[:, 0], groups.items(), strict=True):
-        names = [m.strategy for m in members]
-        values = [m.rows_per_s for m in members]
-        colors = ["tab:green" if m.ours else "tab:gray" for m in members]
-        ax.barh(names, values, color=colors)
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("rows/s", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(file, dpi=110)
-
-
 def main(
     argv_threads: int,
     rows: int,
@@ -577,22 +354,10 @@ def main(
         results += bench_sequential(folder, backends, durabilities, max(rows * 5, 100))
         results += bench_bulk(folder, backends, bulk_rows)
         results += bench_reads(folder, backends, argv_threads, rows)
-    _ratios(results)
+    set_ratios(results)
     print(render(results))
     if json_file:
-        Path(json_file).write_text(
-            json.dumps(
-                {
-                    "cpus": os.cpu_count(),
-                    "python": sys.version.split()[0],
-                    "sqlite": sqlite3.sqlite_version,
-                    "threads": argv_threads,
-                    "rows": rows,
-                    "results": [asdict(r) for r in results],
-                },
-                indent=2,
-            )
-        )
+        write_json(results, json_file, argv_threads, rows)
     if plot_file:
         plot(results, plot_file)
     bad = [r for r in results if r.ours and (r.errors or r.rows_found != r.rows_expected)]

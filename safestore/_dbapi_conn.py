@@ -1,7 +1,15 @@
 """`Connection` of the DB-API facade: per-thread transactions over one `Store`.
 
-See the docstring of `safestore.dbapi` for the model, and _dbapi_tx.py for how one
-thread's transaction is held and ended.
+See the docstring of `safestore.dbapi` for the model. This module holds the
+connection's public surface and its state: the attributes, `commit`/`rollback`, the
+set of open thread transactions, and `close`. Where each statement runs is decided in
+_dbapi_route.py; how one thread's transaction is held and ended is in _dbapi_tx.py.
+
+Concurrency: the connection's state shared between threads (closed or not, the open
+transactions, warnings waiting to be logged, `total_changes`) is guarded by one lock,
+never held while a statement runs. Each thread's own state (its transaction, its last
+rowid) lives in a `threading.local`: only that thread runs statements in its
+transaction; another thread ends it only by `close()` (see `ThreadTx.abort`).
 """
 
 from __future__ import annotations
@@ -13,10 +21,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from . import errors
+from . import _dbapi_route, errors
 from ._dbapi_cursor import Cursor
-from ._dbapi_sql import Kind, classify, has_returning, split_script
-from ._dbapi_tx import Outcome, ThreadTx, Token, expired_error, run_duckdb, run_sqlite
+from ._dbapi_route import LEGACY_TRANSACTION_CONTROL
+from ._dbapi_tx import Outcome, ThreadTx, Token, expired_error
 from ._store import Store
 from .errors import (
     DatabaseError,
@@ -35,10 +43,6 @@ from .errors import (
 __all__ = ["LEGACY_TRANSACTION_CONTROL", "Connection", "live"]
 
 log = logging.getLogger("safestore")
-
-#: The value of `autocommit` that leaves transaction control to `isolation_level`
-#: (the same value as Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``).
-LEGACY_TRANSACTION_CONTROL = -1
 
 _ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 
@@ -329,121 +333,15 @@ class Connection:
             # the writer, which is fine from there too.
             self._close_store()
 
-    # --- running statements ---------------------------------------------------------
-
-    def _runner(self) -> Callable[..., Outcome]:
-        return run_sqlite if self._is_sqlite else run_duckdb
+    # --- running statements (routed in _dbapi_route.py) -----------------------------
 
     def _execute(self, sql: str, params: Any, *, many: bool) -> tuple[Outcome, int | None]:
-        """Run one statement for the calling thread; returns (outcome, cursor lastrowid)."""
-        self._check_open()
-        if not isinstance(sql, str):
-            raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
-        if many:
-            params = list(params)
-        kind = classify(sql)
-        ttx = self._thread_tx()
-        if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
-            return self._control(kind, ttx), self._rowid()
-        if ttx is None and self._implicit_begin(kind):
-            ttx = self._begin()
-        if ttx is not None:
-            out = ttx.run(self._runner(), sql, params, many, write=kind is not Kind.READ)
-        elif kind is Kind.READ and not many:
-            read = self._read(sql, params)
-            if read is not None:
-                out = read
-            elif self._autocommit is False:  # the engine says it writes
-                out = self._begin().run(self._runner(), sql, params, many, write=True)
-            else:
-                out = self._write(sql, params, many)
-        else:
-            out = self._write(sql, params, many)
-        if out.rowcount > 0 and kind is not Kind.READ:
-            with self._lock:
-                self._changes += out.rowcount
-        if out.lastrowid is not None:
-            self._local.rowid = out.lastrowid
-        return out, self._rowid()
-
-    def _rowid(self) -> int | None:
-        """sqlite3's cursor.lastrowid: this thread's last inserted rowid (0 before any)."""
-        if not self._is_sqlite:
-            return None
-        rowid: int = getattr(self._local, "rowid", 0)
-        return rowid
-
-    def _implicit_begin(self, kind: Kind) -> bool:
-        if kind is Kind.SAVEPOINT:
-            return True  # SAVEPOINT outside a transaction opens one, as in SQLite
-        if self._autocommit is True:
-            return False
-        if self._autocommit is False:
-            return kind is not Kind.READ
-        return kind is Kind.DML and self._isolation_level is not None
-
-    def _control(self, kind: Kind, ttx: ThreadTx | None) -> Outcome:
-        """BEGIN / COMMIT / ROLLBACK written as SQL: act on the calling thread's transaction."""
-        if kind is Kind.BEGIN:
-            if ttx is not None:
-                raise self._misuse(
-                    "OperationalError", "cannot start a transaction within a transaction"
-                )
-            self._begin()
-        elif ttx is None:
-            verb = "commit" if kind is Kind.COMMIT else "rollback"
-            raise self._misuse("OperationalError", f"cannot {verb} - no transaction is active")
-        else:
-            self._end(ttx, commit=kind is Kind.COMMIT)
-        return Outcome([])
-
-    def _read(self, sql: str, params: Any) -> Outcome | None:
-        """A read on the calling thread's read connection; None if the statement writes."""
-        try:
-            rows = self._store.query(sql, params)
-        except ReadOnlyError:
-            return None
-        return Outcome(rows, getattr(rows, "description", None), -1)
-
-    def _write(self, sql: str, params: Any, many: bool) -> Outcome:
-        """A statement outside any transaction: one write call through group commit."""
-        store = self._store
-        if self._is_sqlite:
-            out: Outcome = store._run_lendable(run_sqlite, sql, params, many)
-            return out
-        if many:
-            return Outcome([], None, store.executemany(sql, params).rowcount)
-        if has_returning(sql) or ";" in sql.strip().rstrip(";") or classify(sql) is not Kind.DML:
-            out = store._run_lendable(run_duckdb, sql, params, False)
-            return out
-        # A plain DuckDB INSERT/UPDATE/DELETE joins other threads' writes in one commit.
-        return Outcome([], None, store.execute(sql, params).rowcount)
+        """Run one statement for the calling thread (the cursors' entry point)."""
+        return _dbapi_route.execute(self, sql, params, many=many)
 
     def _executescript(self, script: str) -> None:
-        """sqlite3's executescript: commit this thread's pending transaction (legacy
-        mode), then run each statement with no implicit BEGIN; BEGIN/COMMIT in the
-        script act on the thread's transaction."""
-        self._check_open()
-        if not isinstance(script, str):
-            raise TypeError(f"script argument must be str, not {type(script).__name__}")
-        if self._autocommit == LEGACY_TRANSACTION_CONTROL:
-            ttx = self._thread_tx()
-            if ttx is not None:
-                self._end(ttx, commit=True)
-        saved = self._autocommit
-        for statement in split_script(script):
-            kind = classify(statement)
-            ttx = self._thread_tx()
-            if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
-                self._control(kind, ttx)
-            elif ttx is not None:
-                ttx.run(self._runner(), statement, (), False, write=True)
-            elif kind is Kind.SAVEPOINT or saved is False:
-                self._begin().run(self._runner(), statement, (), False, write=True)
-            else:
-                out = self._read(statement, ()) if kind is Kind.READ else None
-                if out is None:
-                    self._write(statement, (), False)
+        """Run a script for the calling thread (the cursors' entry point)."""
+        _dbapi_route.executescript(self, script)
 
     # --- sqlite3 extras ---------------------------------------------------------------
 

@@ -1,0 +1,167 @@
+"""Where one statement of a DB-API thread runs: the routing behind `Connection.execute`.
+
+A `Connection` is shared by many threads, but each statement belongs to the thread that
+sends it, and that thread's state alone decides its route:
+
+- Transaction control written as SQL (BEGIN, COMMIT, ROLLBACK and their synonyms, see
+  _dbapi_sql.py) never reaches an engine: it opens or ends the calling thread's
+  `ThreadTx`. Sent to the writer connection, which every thread shares, it would end
+  other threads' work too.
+- A thread with an open transaction runs everything inside it, on the writer connection
+  its session holds, so it sees its own uncommitted writes.
+- The transaction mode decides whether a statement outside a transaction opens one
+  first (sqlite3's implicit BEGIN): `LEGACY_TRANSACTION_CONTROL` with an
+  `isolation_level` before INSERT/UPDATE/DELETE/REPLACE, ``autocommit=False`` before any
+  write, ``autocommit=True`` never; SAVEPOINT always does, as in SQLite.
+- A read outside a transaction runs on the calling thread's own read connection; if the
+  engine finds that it writes after all (a reader refuses writes), it runs again as a
+  write: in a new transaction with ``autocommit=False``, else through group commit.
+- A write outside a transaction is one write call through the store's group commit.
+
+Concurrency: no route holds a lock while a statement runs; the connection's `_lock` is
+taken only to add to `total_changes` afterwards. What a route reads (the thread's
+transaction, its last rowid) lives in the connection's `threading.local`, so one
+thread's routing never sees another's state. The transaction mode (`autocommit`,
+`isolation_level`) is read without a lock, as plain attribute reads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._dbapi_sql import Kind, classify, has_returning, split_script
+from ._dbapi_tx import Outcome, ThreadTx, run_duckdb, run_sqlite
+from .errors import ReadOnlyError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._dbapi_conn import Connection
+
+__all__ = ["LEGACY_TRANSACTION_CONTROL", "execute", "executescript"]
+
+#: The value of `autocommit` that leaves transaction control to `isolation_level`
+#: (the same value as Python 3.12's ``sqlite3.LEGACY_TRANSACTION_CONTROL``).
+LEGACY_TRANSACTION_CONTROL = -1
+
+
+def _runner(conn: Connection) -> Callable[..., Outcome]:
+    return run_sqlite if conn._is_sqlite else run_duckdb
+
+
+def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Outcome, int | None]:
+    """Run one statement for the calling thread; returns (outcome, cursor lastrowid)."""
+    conn._check_open()
+    if not isinstance(sql, str):
+        raise TypeError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+    if many:
+        params = list(params)
+    kind = classify(sql)
+    ttx = conn._thread_tx()
+    if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
+        return _control(conn, kind, ttx), _rowid(conn)
+    if ttx is None and _implicit_begin(conn, kind):
+        ttx = conn._begin()
+    if ttx is not None:
+        out = ttx.run(_runner(conn), sql, params, many, write=kind is not Kind.READ)
+    elif kind is Kind.READ and not many:
+        read = _read(conn, sql, params)
+        if read is not None:
+            out = read
+        elif conn._autocommit is False:  # the engine says it writes
+            out = conn._begin().run(_runner(conn), sql, params, many, write=True)
+        else:
+            out = _write(conn, sql, params, many)
+    else:
+        out = _write(conn, sql, params, many)
+    if out.rowcount > 0 and kind is not Kind.READ:
+        with conn._lock:
+            conn._changes += out.rowcount
+    if out.lastrowid is not None:
+        conn._local.rowid = out.lastrowid
+    return out, _rowid(conn)
+
+
+def _rowid(conn: Connection) -> int | None:
+    """sqlite3's cursor.lastrowid: this thread's last inserted rowid (0 before any)."""
+    if not conn._is_sqlite:
+        return None
+    rowid: int = getattr(conn._local, "rowid", 0)
+    return rowid
+
+
+def _implicit_begin(conn: Connection, kind: Kind) -> bool:
+    if kind is Kind.SAVEPOINT:
+        return True  # SAVEPOINT outside a transaction opens one, as in SQLite
+    if conn._autocommit is True:
+        return False
+    if conn._autocommit is False:
+        return kind is not Kind.READ
+    return kind is Kind.DML and conn._isolation_level is not None
+
+
+def _control(conn: Connection, kind: Kind, ttx: ThreadTx | None) -> Outcome:
+    """BEGIN / COMMIT / ROLLBACK written as SQL: act on the calling thread's transaction."""
+    if kind is Kind.BEGIN:
+        if ttx is not None:
+            raise conn._misuse(
+                "OperationalError", "cannot start a transaction within a transaction"
+            )
+        conn._begin()
+    elif ttx is None:
+        verb = "commit" if kind is Kind.COMMIT else "rollback"
+        raise conn._misuse("OperationalError", f"cannot {verb} - no transaction is active")
+    else:
+        conn._end(ttx, commit=kind is Kind.COMMIT)
+    return Outcome([])
+
+
+def _read(conn: Connection, sql: str, params: Any) -> Outcome | None:
+    """A read on the calling thread's read connection; None if the statement writes."""
+    try:
+        rows = conn._store.query(sql, params)
+    except ReadOnlyError:
+        return None
+    return Outcome(rows, getattr(rows, "description", None), -1)
+
+
+def _write(conn: Connection, sql: str, params: Any, many: bool) -> Outcome:
+    """A statement outside any transaction: one write call through group commit."""
+    store = conn._store
+    if conn._is_sqlite:
+        out: Outcome = store._run_lendable(run_sqlite, sql, params, many)
+        return out
+    if many:
+        return Outcome([], None, store.executemany(sql, params).rowcount)
+    if has_returning(sql) or ";" in sql.strip().rstrip(";") or classify(sql) is not Kind.DML:
+        out = store._run_lendable(run_duckdb, sql, params, False)
+        return out
+    # A plain DuckDB INSERT/UPDATE/DELETE joins other threads' writes in one commit.
+    return Outcome([], None, store.execute(sql, params).rowcount)
+
+
+def executescript(conn: Connection, script: str) -> None:
+    """sqlite3's executescript: commit this thread's pending transaction (legacy
+    mode), then run each statement with no implicit BEGIN; BEGIN/COMMIT in the
+    script act on the thread's transaction."""
+    conn._check_open()
+    if not isinstance(script, str):
+        raise TypeError(f"script argument must be str, not {type(script).__name__}")
+    if conn._autocommit == LEGACY_TRANSACTION_CONTROL:
+        ttx = conn._thread_tx()
+        if ttx is not None:
+            conn._end(ttx, commit=True)
+    saved = conn._autocommit
+    for statement in split_script(script):
+        kind = classify(statement)
+        ttx = conn._thread_tx()
+        if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
+            _control(conn, kind, ttx)
+        elif ttx is not None:
+            ttx.run(_runner(conn), statement, (), False, write=True)
+        elif kind is Kind.SAVEPOINT or saved is False:
+            conn._begin().run(_runner(conn), statement, (), False, write=True)
+        else:
+            out = _read(conn, statement, ()) if kind is Kind.READ else None
+            if out is None:
+                _write(conn, statement, (), False)
