@@ -16,12 +16,19 @@ Waiting is bounded by `FORK_WAIT` seconds in total: if a statement runs longer t
 (or a `run()` function blocks), the fork goes ahead with a logged warning, and a child
 that uses SQLite or DuckDB might then hang as before. Creating a gate takes the
 registry lock, which the hook holds until the fork is done, so a thread that has never
-called an engine cannot slip into one while the process forks.
+called an engine cannot slip into one while the process forks. Garbage collection is
+off from the first hook to the last, so that no finalizer closes a store (and waits
+for its writer) while the gates are held.
+
+A thread that waits for another process's write lock (SQLite's busy handler, our
+retries around it) counts as inside the engine: a fork then waits the full
+`FORK_WAIT`.
 """
 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import threading
@@ -61,9 +68,12 @@ def gate() -> threading.RLock:
         g: _Gate = _local.gate
     except AttributeError:
         g = _Gate()
+        # Ours before it is registered: a garbage collection inside `add` can run a
+        # store's finalizer on this thread, whose engine calls must find this gate
+        # rather than take `_registry` again.
+        _local.gate = g
         with _registry:
             _gates.add(g)
-        _local.gate = g
     return g.lock
 
 
@@ -79,30 +89,47 @@ def gated(fn: F) -> F:
 
 
 def _before_fork() -> None:
-    _registry.acquire()
+    global _registry_held, _gc_was_enabled
+    # No garbage collection until the fork is done: a collected store's finalizer
+    # would close it, joining a writer whose gate this hook may already hold.
+    _gc_was_enabled = gc.isenabled()
+    gc.disable()
     deadline = time.monotonic() + FORK_WAIT
+    _registry_held = _registry.acquire(timeout=FORK_WAIT)
     busy = 0
     for g in list(_gates):
         if g.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             _held.append(g)
         else:
             busy += 1
-    if busy:
+    if busy or not _registry_held:
         log.warning(
             "forking while %d thread(s) stayed inside SQLite or DuckDB for %.0fs; "
             "the child may hang if it uses an engine",
-            busy,
+            max(busy, 1),
             FORK_WAIT,
         )
 
 
 def _after_fork() -> None:
+    global _registry_held
     # In the child the forking thread still owns these locks (same thread identity),
     # so the same release works on both sides.
     for g in _held:
-        g.lock.release()
+        try:
+            g.lock.release()
+        except RuntimeError:  # not ours after all (an interrupted hook): leave it
+            pass
     _held.clear()
-    _registry.release()
+    if _registry_held:
+        _registry.release()
+        _registry_held = False
+    if _gc_was_enabled:
+        gc.enable()
+
+
+_registry_held = False  # whether _before_fork got `_registry`
+_gc_was_enabled = True
 
 
 if hasattr(os, "register_at_fork"):

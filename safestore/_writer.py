@@ -12,8 +12,9 @@ connection is lent to it, exactly as it is lent to a `transaction()` block, and 
 writer thread takes it back for the next group. Handing a lone request to the writer
 thread and back costs two thread switches, more than the write itself when the engine
 does not sync to disk; under load the queue is never empty, so groups form as before.
-Order is kept: a thread's earlier writes are either finished or still queued (and then
-the queue is not empty).
+Order is kept: a thread's earlier writes are finished, still queued (the queue is not
+empty) or in the writer's batch (`writer_busy`), and a caller borrows the connection
+only when none of that is the case.
 
 The writer thread receives the shared `_State`, the backend and the connection, never
 the `Store`, so a store that the user forgets can be garbage-collected (its finalizer
@@ -71,15 +72,16 @@ class _State:
         self.space = threading.Condition(self.lock)
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.depth = 0
-        #: True from the moment the writer takes a group off the queue (or a caller
-        #: borrows the connection) until that group is settled. Under `lock`.
-        self.busy = False
+        #: True from the moment the writer takes a batch off the queue until it has
+        #: settled it (for good if the writer dies in it). Under `lock`.
+        self.writer_busy = False
+        #: The thread a caller borrowed the writer connection in (see QueueEngine.submit),
+        #: or None. Set and cleared under `lock`, by the borrowing thread only.
+        self.lender: int | None = None
+        self.lender_gone = threading.Condition(self.lock)
         #: Whether the store looks used by one thread at a time, so that lending the
-        #: connection cannot split a group. Under `lock`; see `idle`.
+        #: connection cannot split a group. Under `lock`; see `writer_idle`.
         self.lend_ok = True
-        #: Held by whoever uses the writer connection for a group: the writer thread,
-        #: or a caller that borrowed it. Taken after `busy` is set, released before.
-        self.conn_owner = threading.Lock()
         self.max_queue = max_queue
         self.closed = False
         self.broken: BaseException | None = None
@@ -99,26 +101,44 @@ class _State:
             self.space.notify_all()  # callers waiting for room see `broken` and raise
 
     def taken(self, n: int) -> None:
-        """The writer took `n` requests off the queue: make room for that many."""
+        """The writer took `n` requests off the queue: make room for that many.
+
+        From here on no caller may borrow the connection; one that still has it is
+        waited for (`wait_for_lender`) before the batch runs.
+        """
         with self.lock:
             self.depth -= n
-            self.busy = True
+            self.writer_busy = True
             # notify_all: a notify() could go to a waiter that is just timing out.
             self.space.notify_all()
 
-    def idle(self, alone: bool) -> None:
-        """The group in progress is settled: a lone caller may borrow the connection.
+    def wait_for_lender(self) -> None:
+        """Wait until no caller is using the writer connection (writer thread only)."""
+        with self.lock:
+            while self.lender is not None:
+                # The timeout is only a backstop: the lender notifies when it is done.
+                self.lender_gone.wait(1.0)
 
-        `alone` says whether that group showed no concurrency: the writer's group held
-        one request, or nobody queued while a caller had the connection. Lending is
-        only worth it then. Under load a lent call would commit on its own while the
-        others queue behind it: two commits (two disk syncs) where one group would
-        have needed one. So one sign of concurrency stops lending until the writer
-        again finds a single request in the queue.
+    def writer_idle(self, alone: bool) -> None:
+        """The writer has settled its batch; `alone`: the batch held one request.
+
+        Lending is only worth it while the store is used by one thread at a time.
+        Under load a lent call would commit on its own while the others queue behind
+        it: two commits (two disk syncs) where one group would have needed one. So one
+        sign of concurrency stops lending until the writer again finds a single
+        request in the queue.
         """
         with self.lock:
-            self.busy = False
+            self.writer_busy = False
             self.lend_ok = alone and not self.depth
+
+    def lender_done(self) -> None:
+        """The borrowing caller is finished with the connection."""
+        with self.lock:
+            self.lender = None  # first: even if interrupted right after, it is free
+            # Others queued meanwhile, or the writer took a batch: that is concurrency.
+            self.lend_ok = not self.depth and not self.writer_busy
+            self.lender_gone.notify_all()
 
 
 def _fail(req: Request, exc: BaseException) -> None:
@@ -149,6 +169,9 @@ class QueueEngine:
         self.timeout = timeout
         self.state = _State(max_queue)
         self.conn_lock = conn_lock
+        # In-memory SQLite: readers share the writer connection under `conn_lock`, which
+        # a borrowing caller would have to wait for without a deadline. Never lend then.
+        self._can_lend = conn_lock is None
         self.thread = threading.Thread(
             target=_writer_main,
             args=(self.state, backend, conn, conn_lock),
@@ -170,23 +193,39 @@ class QueueEngine:
         docstring. Either way the returned future is the request's.
         """
         state = self.state
-        with state.lock:
-            self._check(state)
-            lent = (
-                lend
-                and req.lendable
-                and not state.depth
-                and not state.busy
-                and state.lend_ok
-                and state.conn_owner.acquire(blocking=False)
-            )
-            if lent:
-                state.busy = True
-                state.counters.accepted += 1
-            else:
-                self._enqueue(state, req, deadline)
-        if lent:
-            self._run_lent(req)
+        me = threading.get_ident()
+        try:
+            with state.lock:
+                self._check(state)
+                if (
+                    lend
+                    and self._can_lend
+                    and req.lendable
+                    and not state.depth
+                    and not state.writer_busy
+                    and state.lender is None
+                    and state.lend_ok
+                ):
+                    # One store: the connection is ours, or it is not (a
+                    # KeyboardInterrupt cannot fall between taking it and recording it).
+                    state.lender = me
+                    state.counters.accepted += 1
+                else:
+                    self._enqueue(state, req, deadline)
+                    return req.future
+            _commit_segment(state, self.backend, self.conn, [req], nullcontext)
+        except BaseException:
+            if state.lender == me:
+                # Interrupted (KeyboardInterrupt in the main thread) or a bug: never
+                # leave a transaction open on the writer's connection, and count the
+                # write as failed if it was not settled.
+                self.backend.rollback(self.conn)
+                if req.is_write and not req.future.done():
+                    state.counters.failed += 1
+            raise
+        finally:
+            if state.lender == me:  # only this thread sets it to `me`, or clears it
+                state.lender_done()
         return req.future
 
     def _enqueue(self, state: _State, req: Request, deadline: float) -> None:
@@ -204,23 +243,6 @@ class QueueEngine:
         if req.is_write:
             state.counters.accepted += 1
         state.queue.put(req)
-
-    def _run_lent(self, req: Request) -> None:
-        """Run `req` as a group of one on the calling thread (it holds `conn_owner`)."""
-        state = self.state
-        try:
-            _commit_segment(state, self.backend, self.conn, [req], self._guard)
-        except BaseException:
-            # Interrupted (KeyboardInterrupt in the main thread) or a bug: never leave a
-            # transaction open on the writer's connection. A no-op if none is open.
-            self.backend.rollback(self.conn)
-            raise
-        finally:
-            state.conn_owner.release()
-            state.idle(alone=True)
-
-    def _guard(self) -> AbstractContextManager[Any]:
-        return self.conn_lock if self.conn_lock is not None else nullcontext()
 
     @staticmethod
     def _check(state: _State) -> None:
@@ -357,7 +379,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         stop = False
         segment: list[Request] = []
         # Wait for a caller that borrowed the connection (it was idle) to finish with it.
-        state.conn_owner.acquire()
+        state.wait_for_lender()
         try:
             for item in batch:
                 if item is STOP:
@@ -372,15 +394,13 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
             _commit_segment(state, backend, conn, segment, guard)
         except BaseException as exc:
             # Dying mid-batch: the requests taken off the queue are failed here, the
-            # ones still queued by _writer_main. `busy` stays set: nobody may borrow
-            # the connection of a dead writer (and _check refuses everyone anyway).
+            # ones still queued by _writer_main. `writer_busy` stays set: nobody may
+            # borrow the connection of a dead writer (and _check refuses everyone).
             for item in batch:
                 if item is not STOP:
                     _fail(item, _died(exc))
             raise
-        finally:
-            state.conn_owner.release()
-        state.idle(alone=len(batch) == 1)
+        state.writer_idle(alone=len(batch) == 1)
         if stop:
             # close() flipped `closed` before queueing STOP, so nothing follows it.
             return

@@ -196,3 +196,70 @@ def test_lending_stops_under_concurrency_until_a_lone_request(
     store.execute("INSERT INTO t (v, n) VALUES ('c', who())")
     rows = dict(store.query("SELECT v, n FROM t WHERE v IN ('a', 'b', 'c')"))
     assert rows == {"a": writer, "b": me, "c": me}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_no_lending_while_the_writer_holds_a_batch(
+    make_store: Callable[..., safestore.Store],
+) -> None:
+    """A batch the writer took while a caller had the connection runs before later writes.
+
+    Thread X borrows the connection; meanwhile this thread queues A (wait=False) and the
+    writer takes it, then waits for X. When X is done, this thread's next write B must
+    not borrow the connection ahead of A.
+    """
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> int:
+        inside.set()
+        assert release.wait(WAIT)
+        return 0
+
+    def setup(conn: sqlite3.Connection) -> None:
+        SCHEMA(conn)
+        conn.create_function("who", 0, threading.get_ident)
+        conn.create_function("hold", 0, hold)
+
+    store = make_store(setup=setup)
+    state = store._engine.state  # type: ignore[union-attr]
+    writer = store._engine.thread.ident  # type: ignore[union-attr]
+    x = threading.Thread(target=store.execute, args=("INSERT INTO t (v, n) VALUES ('x', hold())",))
+    x.start()
+    assert inside.wait(WAIT)  # X has the connection
+    a = store.insert("t", {"v": "A"}, wait=False)
+    _wait_for(lambda: state.writer_busy, "the writer to take A")
+    release.set()
+    x.join(WAIT)
+    store.execute("INSERT INTO t (v, n) VALUES ('B', who())")
+    assert a.result(WAIT).rowcount == 1
+    assert [v for (v,) in store.query("SELECT v FROM t ORDER BY id")] == ["x", "A", "B"]
+    assert store.query_one("SELECT n FROM t WHERE v = 'B'") == (writer,)
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_interrupted_lent_write_leaves_the_store_usable(
+    store: safestore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt in a borrowed-connection write gives the connection back."""
+    from safestore import _writer
+
+    real = _writer._commit_segment
+
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_writer, "_commit_segment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.insert("t", {"v": "interrupted"})
+    monkeypatch.setattr(_writer, "_commit_segment", real)
+    assert store._engine.state.lender is None  # type: ignore[union-attr]
+    store.insert("t", {"v": "after"}, wait=False)
+    store.insert("t", {"v": "after, waiting"})
+    store.flush(timeout=WAIT)
+    assert [v for (v,) in store.query("SELECT v FROM t ORDER BY id")] == [
+        "after",
+        "after, waiting",
+    ]
+    stats = store.stats()
+    assert stats.writes_accepted == stats.writes_committed + stats.writes_failed == 3
