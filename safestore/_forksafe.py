@@ -90,6 +90,9 @@ def gated(fn: F) -> F:
 
 def _before_fork() -> None:
     global _registry_held, _gc_was_enabled
+    # One fork at a time: two threads forking at once would share the state below.
+    # Bounded: the fork in progress waits at most FORK_WAIT for gates, then forks.
+    _forking.acquire()
     # No garbage collection until the fork is done: a collected store's finalizer
     # would close it, joining a writer whose gate this hook may already hold.
     _gc_was_enabled = gc.isenabled()
@@ -111,8 +114,7 @@ def _before_fork() -> None:
         )
 
 
-def _after_fork() -> None:
-    global _registry_held
+def _release_held() -> None:
     # In the child the forking thread still owns these locks (same thread identity),
     # so the same release works on both sides.
     for g in _held:
@@ -121,18 +123,42 @@ def _after_fork() -> None:
         except RuntimeError:  # not ours after all (an interrupted hook): leave it
             pass
     _held.clear()
-    if _registry_held:
-        _registry.release()
-        _registry_held = False
     if _gc_was_enabled:
         gc.enable()
 
 
+def _after_fork_in_parent() -> None:
+    global _registry_held
+    _release_held()
+    if _registry_held:
+        _registry.release()
+        _registry_held = False
+    _forking.release()
+
+
+def _after_fork_in_child() -> None:
+    global _registry, _registry_held, _forking
+    _release_held()
+    # Only this thread exists in the child. Forget the other threads' gates (some may
+    # be held for good: their owners are gone), and start with fresh locks, in case
+    # a thread that no longer exists held one at the fork.
+    mine = getattr(_local, "gate", None)
+    _gates.clear()
+    if mine is not None:
+        _gates.add(mine)
+    _registry = threading.Lock()
+    _registry_held = False
+    _forking = threading.Lock()
+
+
+_forking = threading.Lock()  # held from before a fork to after it
 _registry_held = False  # whether _before_fork got `_registry`
 _gc_was_enabled = True
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
     )

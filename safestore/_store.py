@@ -244,7 +244,7 @@ class Store:
     def _submit(self, req: Request, wait: bool, deadline: float | None = None) -> Any:
         # `deadline` (time.monotonic()) lets AsyncStore try to queue without waiting.
         self._check_usable()
-        self._refuse_waiting_on_itself("a store write")
+        self._refuse_waiting_on_itself("a store write", waits=wait)
         if self._read_only:
             raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
         if deadline is None:
@@ -431,12 +431,13 @@ class Store:
 
     # --- guards -------------------------------------------------------------------------
 
-    def _refuse_waiting_on_itself(self, what: str) -> None:
+    def _refuse_waiting_on_itself(self, what: str, *, waits: bool = True) -> None:
         """Raise at once for a call that would wait for the caller's own work.
 
         From inside this thread's open transaction() (the writer waits for the block),
-        or from a run() function on the writer thread (the writer waits for fn): such a
-        call could only end in a timeout, after which the block is rolled back.
+        from a run() function on the writer thread (the writer waits for fn), or, for a
+        call that waits, from inside a write this thread runs on the borrowed writer
+        connection (an SQL function): such a call could only end in a timeout.
         """
         if getattr(self._tx_local, "active", False):
             raise StoreError(
@@ -448,6 +449,13 @@ class Store:
             raise StoreError(
                 f"{what} inside a run() function would wait for the writer that is "
                 "running it; use the `conn` run() was given"
+            )
+        if waits and isinstance(engine, QueueEngine) and engine.borrowed_here():
+            # An SQL function or a logging handler called from inside this thread's own
+            # write, which runs on the borrowed writer connection.
+            raise StoreError(
+                f"{what} from inside this thread's running write would wait for that "
+                "write itself; use wait=False, or write from another thread"
             )
 
     def _detach_after_fork(self) -> tuple[Any, ...]:

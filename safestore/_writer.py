@@ -75,9 +75,13 @@ class _State:
         #: True from the moment the writer takes a batch off the queue until it has
         #: settled it (for good if the writer dies in it). Under `lock`.
         self.writer_busy = False
-        #: The thread a caller borrowed the writer connection in (see QueueEngine.submit),
-        #: or None. Set and cleared under `lock`, by the borrowing thread only.
-        self.lender: int | None = None
+        #: The request a caller runs on the borrowed writer connection (see
+        #: QueueEngine.submit), or None. Set under `lock` and cleared by the borrowing
+        #: caller only. The request, not the thread, is the token: a write submitted
+        #: from inside the borrowed call (an SQL function, a logging handler) on the
+        #: same thread must not give the connection back early.
+        self.lender: Request | None = None
+        self.lender_thread: int | None = None  # its thread, for borrowed_here()
         self.lender_gone = threading.Condition(self.lock)
         #: Whether the store looks used by one thread at a time, so that lending the
         #: connection cannot split a group. Under `lock`; see `writer_idle`.
@@ -133,9 +137,8 @@ class _State:
             self.lend_ok = alone and not self.depth
 
     def lender_done(self) -> None:
-        """The borrowing caller is finished with the connection."""
+        """The borrowing caller, which has cleared `lender`, is done: wake the writer."""
         with self.lock:
-            self.lender = None  # first: even if interrupted right after, it is free
             # Others queued meanwhile, or the writer took a batch: that is concurrency.
             self.lend_ok = not self.depth and not self.writer_busy
             self.lender_gone.notify_all()
@@ -193,7 +196,6 @@ class QueueEngine:
         docstring. Either way the returned future is the request's.
         """
         state = self.state
-        me = threading.get_ident()
         try:
             with state.lock:
                 self._check(state)
@@ -208,25 +210,36 @@ class QueueEngine:
                 ):
                     # One store: the connection is ours, or it is not (a
                     # KeyboardInterrupt cannot fall between taking it and recording it).
-                    state.lender = me
+                    state.lender = req
+                    state.lender_thread = threading.get_ident()
                     state.counters.accepted += 1
                 else:
                     self._enqueue(state, req, deadline)
                     return req.future
             _commit_segment(state, self.backend, self.conn, [req], nullcontext)
         except BaseException:
-            if state.lender == me:
-                # Interrupted (KeyboardInterrupt in the main thread) or a bug: never
-                # leave a transaction open on the writer's connection, and count the
-                # write as failed if it was not settled.
-                self.backend.rollback(self.conn)
+            if state.lender is req:
+                # Interrupted (KeyboardInterrupt in the main thread) or a bug: count the
+                # write as failed if it was not settled (it may or may not have
+                # committed), and never leave a transaction open on the connection.
                 if req.is_write and not req.future.done():
                     state.counters.failed += 1
+                self.backend.rollback(self.conn)
             raise
         finally:
-            if state.lender == me:  # only this thread sets it to `me`, or clears it
+            if state.lender is req:
+                # Cleared here, before any call: Python checks for signals on entering
+                # a function, and an interrupt must not leave the connection borrowed
+                # (the writer re-checks `lender` at least every second).
+                state.lender = None
+                state.lender_thread = None
                 state.lender_done()
         return req.future
+
+    def borrowed_here(self) -> bool:
+        """Whether the calling thread is running a write on the borrowed connection."""
+        state = self.state
+        return state.lender is not None and state.lender_thread == threading.get_ident()
 
     def _enqueue(self, state: _State, req: Request, deadline: float) -> None:
         """Put `req` on the queue, waiting for room until `deadline`. Holds `state.lock`."""

@@ -7,6 +7,7 @@ the store is busy, checking that every child can use an engine.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -45,7 +46,7 @@ def test_fork_hook_waits_for_engine_calls_then_warns(
         with caplog.at_level(logging.WARNING, logger="safestore"):
             start = time.monotonic()
             _forksafe._before_fork()
-            _forksafe._after_fork()
+            _forksafe._after_fork_in_parent()
         assert time.monotonic() - start < WAIT
         assert "stayed inside SQLite or DuckDB" in caplog.text
     finally:
@@ -75,10 +76,36 @@ def test_engine_calls_wait_while_the_process_forks(store: safestore.Store) -> No
         # registry, one with a gate for its gate).
         assert not done.wait(0.3)
     finally:
-        _forksafe._after_fork()
+        _forksafe._after_fork_in_parent()
     assert done.wait(WAIT)
     thread.join(WAIT)
     assert seen == [(1,)]
+
+
+def test_forks_from_two_threads_take_turns() -> None:
+    """Two threads forking at once: the second fork's hook waits for the first's to end."""
+    gc_was = gc.isenabled()
+    entered, done = threading.Event(), threading.Event()
+
+    def other_fork() -> None:
+        entered.set()
+        _forksafe._before_fork()
+        _forksafe._after_fork_in_parent()
+        done.set()
+
+    _forksafe._before_fork()
+    try:
+        thread = threading.Thread(target=other_fork)
+        thread.start()
+        assert entered.wait(WAIT)
+        assert not done.wait(0.3)  # bounded check: it must wait for this fork
+    finally:
+        _forksafe._after_fork_in_parent()
+    assert done.wait(WAIT)
+    thread.join(WAIT)
+    assert gc.isenabled() == gc_was
+    assert _forksafe._registry.acquire(timeout=WAIT)
+    _forksafe._registry.release()
 
 
 @pytest.mark.fault

@@ -201,13 +201,13 @@ def test_lending_stops_under_concurrency_until_a_lone_request(
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("mode", ["queue"], indirect=True)
 def test_no_lending_while_the_writer_holds_a_batch(
-    make_store: Callable[..., safestore.Store],
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch the writer took while a caller had the connection runs before later writes.
 
     Thread X borrows the connection; meanwhile this thread queues A (wait=False) and the
-    writer takes it, then waits for X. When X is done, this thread's next write B must
-    not borrow the connection ahead of A.
+    writer takes it, then waits for X. X finishes, and the writer is held just before
+    it runs A: this thread's next write B must queue behind A, not borrow the connection.
     """
     inside, release = threading.Event(), threading.Event()
 
@@ -224,6 +224,15 @@ def test_no_lending_while_the_writer_holds_a_batch(
     store = make_store(setup=setup)
     state = store._engine.state  # type: ignore[union-attr]
     writer = store._engine.thread.ident  # type: ignore[union-attr]
+    b_sent = threading.Event()
+    real_wait = state.wait_for_lender
+
+    def held_wait() -> None:
+        real_wait()
+        if not b_sent.is_set():  # the batch with A: let B arrive first
+            assert b_sent.wait(WAIT)
+
+    monkeypatch.setattr(state, "wait_for_lender", held_wait)
     x = threading.Thread(target=store.execute, args=("INSERT INTO t (v, n) VALUES ('x', hold())",))
     x.start()
     assert inside.wait(WAIT)  # X has the connection
@@ -231,29 +240,76 @@ def test_no_lending_while_the_writer_holds_a_batch(
     _wait_for(lambda: state.writer_busy, "the writer to take A")
     release.set()
     x.join(WAIT)
+
+    def mark_b_sent() -> None:
+        # B queued behind A (depth 1), or (wrongly) already run on this thread.
+        _wait_for(lambda: state.depth >= 1 or b_done.is_set(), "B to be sent")
+        b_sent.set()
+
+    b_done = threading.Event()
+    marker = threading.Thread(target=mark_b_sent)
+    marker.start()
     store.execute("INSERT INTO t (v, n) VALUES ('B', who())")
+    b_done.set()
+    marker.join(WAIT)
     assert a.result(WAIT).rowcount == 1
     assert [v for (v,) in store.query("SELECT v FROM t ORDER BY id")] == ["x", "A", "B"]
     assert store.query_one("SELECT n FROM t WHERE v = 'B'") == (writer,)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_writes_from_inside_a_lent_write(make_store: Callable[..., safestore.Store]) -> None:
+    """An SQL function of a lent write may queue a write; one that would wait is refused."""
+    stores: list[safestore.Store] = []
+    outcome: list[object] = []
+
+    def audit() -> int:
+        store = stores[0]
+        outcome.append(store.insert("t", {"v": "audit"}, wait=False))
+        try:
+            store.insert("t", {"v": "waits"})
+        except safestore.StoreError as exc:
+            outcome.append(exc)
+        return 1
+
+    def setup(conn: sqlite3.Connection) -> None:
+        SCHEMA(conn)
+        conn.create_function("audit", 0, audit)
+
+    store = make_store(setup=setup)
+    stores.append(store)
+    store.execute("INSERT INTO t (v, n) VALUES ('main', audit())")  # lent: the writer is idle
+    queued, refused = outcome
+    assert queued.result(WAIT).rowcount == 1  # type: ignore[attr-defined]
+    assert "would wait for that write itself" in str(refused)
+    assert sorted(v for (v,) in store.query("SELECT v FROM t")) == ["audit", "main"]
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+@pytest.mark.parametrize("where", ["before BEGIN", "after BEGIN"])
 def test_interrupted_lent_write_leaves_the_store_usable(
-    store: safestore.Store, monkeypatch: pytest.MonkeyPatch
+    store: safestore.Store, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """A KeyboardInterrupt in a borrowed-connection write gives the connection back."""
+    """A KeyboardInterrupt in a borrowed-connection write gives the connection back,
+    rolled back, and counts the write as failed."""
     from safestore import _writer
 
-    real = _writer._commit_segment
+    engine = store._engine
+    assert isinstance(engine, _writer.QueueEngine)
 
     def interrupted(*args: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_writer, "_commit_segment", interrupted)
+    if where == "before BEGIN":
+        monkeypatch.setattr(_writer, "_commit_segment", interrupted)
+    else:  # inside the transaction, before the write is applied
+        monkeypatch.setattr(engine.backend, "commit_group", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.insert("t", {"v": "interrupted"})
-    monkeypatch.setattr(_writer, "_commit_segment", real)
-    assert store._engine.state.lender is None  # type: ignore[union-attr]
+    monkeypatch.undo()
+    assert engine.state.lender is None
+    assert not engine.backend.in_transaction(engine.conn)
     store.insert("t", {"v": "after"}, wait=False)
     store.insert("t", {"v": "after, waiting"})
     store.flush(timeout=WAIT)
@@ -262,4 +318,4 @@ def test_interrupted_lent_write_leaves_the_store_usable(
         "after, waiting",
     ]
     stats = store.stats()
-    assert stats.writes_accepted == stats.writes_committed + stats.writes_failed == 3
+    assert (stats.writes_accepted, stats.writes_committed, stats.writes_failed) == (3, 2, 1)
