@@ -72,8 +72,15 @@ def gate() -> threading.RLock:
         # store's finalizer on this thread, whose engine calls must find this gate
         # rather than take `_registry` again.
         _local.gate = g
-        with _registry:
+        # Bounded: if `_registry` stays taken (a fork waiting for a long statement, or
+        # a finalizer that a garbage collection ran inside `add` on another thread,
+        # waiting for this very thread), register anyway after FORK_WAIT.
+        got = _registry.acquire(timeout=FORK_WAIT)
+        try:
             _gates.add(g)
+        finally:
+            if got:
+                _registry.release()
     return g.lock
 
 
