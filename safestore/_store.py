@@ -8,7 +8,6 @@ and fork hooks are in `_lifecycle`). No SQL lives here.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from . import _lifecycle
+from ._args import check_sql, check_timeout, resolve_target
 from ._backends import Backend, Config, open_backend
 from ._group import run_group, wait_result
 from ._locked import LockEngine
@@ -36,13 +36,10 @@ from ._requests import (
 )
 from ._transaction import Transaction
 from ._writer import QueueEngine
-from .errors import ProgrammingError, ReadOnlyError, StoreClosedError, StoreError, translate
+from .errors import ReadOnlyError, StoreClosedError, StoreError, translate
 
 T = TypeVar("T")
 Params = Sequence[Any] | Mapping[str, Any]
-
-_DUCKDB_SUFFIXES = (".duckdb", ".ddb")
-_SCHEMES = {"sqlite": "sqlite", "sqlite3": "sqlite", "duckdb": "duckdb"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,53 +68,6 @@ class Stats:
 Stats.__module__ = "safestore"
 
 
-def _resolve_target(target: object, backend: object) -> tuple[str, str]:
-    """Return (backend name, path) for a target and an optional explicit backend."""
-    if not isinstance(target, str | os.PathLike):
-        raise TypeError(f"target must be a str or os.PathLike, not {type(target).__name__}")
-    text = os.fspath(target)
-    if isinstance(text, bytes):
-        raise TypeError("target must be a text path, not bytes")
-    if not text:
-        raise ValueError("target must not be empty (use ':memory:' for an in-memory database)")
-    scheme_backend = None
-    if "://" in text and isinstance(target, str):
-        scheme, _, rest = text.partition("://")
-        scheme_backend = _SCHEMES.get(scheme.lower())
-        if scheme_backend is None:
-            raise ValueError(
-                f"unknown URL scheme {scheme!r} in {text!r}; use sqlite:/// or duckdb:///"
-            )
-        if not rest.startswith("/") or rest == "/":
-            raise ValueError(
-                f"{text!r}: a URL target is {scheme}:///relative/path or {scheme}:////absolute"
-            )
-        text = rest[1:]
-    if backend is not None and backend not in ("sqlite", "duckdb"):
-        raise ValueError(f"backend must be 'sqlite', 'duckdb' or None, not {backend!r}")
-    if backend is not None and scheme_backend is not None and backend != scheme_backend:
-        raise ValueError(f"backend={backend!r} contradicts the URL scheme of {target!r}")
-    name = backend or scheme_backend
-    if name is None:
-        name = "duckdb" if text.lower().endswith(_DUCKDB_SUFFIXES) else "sqlite"
-    if "\x00" in text:
-        raise ValueError("target contains a NUL character")
-    return str(name), text
-
-
-def _check_timeout(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{what} must be a positive finite number of seconds, not {value!r}")
-    if value > threading.TIMEOUT_MAX:
-        raise ValueError(
-            f"{what} must be at most {threading.TIMEOUT_MAX:.0f} seconds (threading.TIMEOUT_MAX), "
-            f"not {value!r}"
-        )
-    return float(value)
-
-
 class Store:
     """One database shared safely by any number of threads.
 
@@ -138,12 +88,12 @@ class Store:
         setup: str | Callable[[Any], object] | None = None,
         read_only: bool = False,
     ) -> None:
-        name, path = _resolve_target(target, backend)
+        name, path = resolve_target(target, backend)
         if mode not in ("queue", "lock"):
             raise ValueError(f"mode must be 'queue' or 'lock', not {mode!r}")
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
-        self._timeout = _check_timeout(timeout, "timeout")
+        self._timeout = check_timeout(timeout, "timeout")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be a positive int, not {max_queue!r}")
         if setup is not None and not (isinstance(setup, str) or callable(setup)):
@@ -275,12 +225,12 @@ class Store:
 
     def execute(self, sql: str, params: Params = (), *, wait: bool = True) -> Any:
         """Run one write statement on the writer. Thread-safe; blocks until committed."""
-        _check_sql(sql)
+        check_sql(sql)
         return self._submit(Execute(sql, params), wait)
 
     def executemany(self, sql: str, seq_of_params: Iterable[Params], *, wait: bool = True) -> Any:
         """Run one statement for every parameter set, atomically; `rowcount` is summed."""
-        _check_sql(sql)
+        check_sql(sql)
         return self._submit(ExecuteMany(sql, list(seq_of_params)), wait)
 
     def run(self, fn: Callable[..., T], /, *args: Any, wait: bool = True, **kwargs: Any) -> Any:
@@ -307,7 +257,7 @@ class Store:
         statement would write. Thread-safe.
         """
         self._check_usable()
-        _check_sql(sql)
+        check_sql(sql)
         try:
             return self._readers.read(sql, params)
         except Exception as exc:
@@ -381,7 +331,7 @@ class Store:
         """
         self._check_usable()
         self._refuse_waiting_on_itself("flush()")
-        limit = self._timeout if timeout is None else _check_timeout(timeout, "timeout")
+        limit = self._timeout if timeout is None else check_timeout(timeout, "timeout")
         if self._read_only:
             return
         self._engine.flush(time.monotonic() + limit)
@@ -394,7 +344,7 @@ class Store:
         the background); by default waits until it has.
         """
         if timeout is not None:
-            _check_timeout(timeout, "timeout")
+            check_timeout(timeout, "timeout")
         if self._forked():
             raise StoreError(
                 "this store belongs to the parent process; open a new Store after fork()"
@@ -479,20 +429,6 @@ class Store:
 
 
 Store.__module__ = "safestore"
-
-
-def _check_sql(sql: object) -> None:
-    if not isinstance(sql, str):
-        raise TypeError(f"sql must be a str, not {type(sql).__name__}")
-    if not sql.isascii():
-        # Lone surrogates cannot reach an engine: sqlite3 raised UnicodeEncodeError, and
-        # duckdb a bare "std::bad_cast" RuntimeError. Say what is wrong, before queueing.
-        try:
-            sql.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ProgrammingError(
-                f"sql is not valid UTF-8 text ({exc.reason} at position {exc.start})"
-            ) from None
 
 
 def _run_setup(backend: Backend, conn: Any, setup: str | Callable[[Any], object]) -> None:

@@ -39,9 +39,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from ._args import check_sql
 from ._group import after_timeout
 from ._requests import Execute, ExecuteMany, Request, Result, Run, build_insert
-from ._store import Stats, Store, _check_sql
+from ._store import Stats, Store
 from ._transaction import Transaction
 from ._writer import QueueEngine
 from .errors import StoreClosedError, StoreError, TimeoutError
@@ -174,14 +175,14 @@ class AsyncStore:
     async def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one write statement on the writer; returns once committed."""
         self._check_write()
-        _check_sql(sql)
+        check_sql(sql)
         result: Result = await self._write(Execute(sql, params))
         return result
 
     async def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Result:
         """Run one statement for every parameter set, atomically; `rowcount` is summed."""
         self._check_write()
-        _check_sql(sql)
+        check_sql(sql)
         result: Result = await self._write(ExecuteMany(sql, list(seq_of_params)))
         return result
 

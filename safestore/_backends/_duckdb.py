@@ -27,10 +27,8 @@ correct equivalent exists, so "normal" is treated like "full".
 
 Reads. `read` runs each statement inside ``BEGIN TRANSACTION READ ONLY`` on the
 thread's cursor: the engine refuses every write (``nextval()`` included) and the error
-becomes `ReadOnlyError`. The statement types are also checked first, to close the holes
-a read-only transaction leaves open (SET, CHECKPOINT, ATTACH, COPY ... TO, TEMP
-objects, LOAD, EXPORT): only SELECT-like statements, EXPLAIN, informational PRAGMAs and
-CALLs (except checkpoint) run.
+becomes `ReadOnlyError`. The statement types are also checked first
+(``_duckdb_guard.py``), to close the holes a read-only transaction leaves open.
 
 One process writes. DuckDB locks the file for one process (a second one, even
 read-only, fails at once); `connect_writer` turns that into `StoreError` naming the
@@ -53,7 +51,6 @@ from ..errors import (
     IntegrityError,
     InternalError,
     OperationalError,
-    ProgrammingError,
     ReadOnlyError,
     StoreError,
     register_mapping,
@@ -61,6 +58,7 @@ from ..errors import (
 )
 from . import Config
 from ._duckdb_group import GroupCommit
+from ._duckdb_guard import check_read
 
 log = logging.getLogger("safestore")
 
@@ -72,27 +70,6 @@ register_mapping(duckdb.PermissionException, OperationalError)  # disabled by co
 register_mapping(duckdb.SequenceException, DataError)  # a sequence ran out of values
 
 _ST = duckdb.StatementType
-# Statement types query() may run (the read-only transaction is still the real guard).
-_READ_TYPES = {_ST.SELECT, _ST.EXPLAIN, _ST.PRAGMA, _ST.CALL}
-# PRAGMAs that only report. Assigning ones (PRAGMA threads=1) are typed SET.
-_INFO_PRAGMAS = {
-    "collations",
-    "database_list",
-    "database_size",
-    "functions",
-    "metadata_info",
-    "platform",
-    "show",
-    "show_databases",
-    "show_tables",
-    "show_tables_expanded",
-    "storage_info",
-    "table_info",
-    "user_agent",
-    "version",
-}
-_PRAGMA_NAME = re.compile(r"\s*pragma\s+(\w+)", re.IGNORECASE)
-_CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b|\bcheckpoint\s*\(", re.IGNORECASE)
 _PID = re.compile(r"\(PID (\d+)\)")
 _READ_ONLY_MSG = re.compile(r"read[- ]only", re.IGNORECASE)
 _DML_TYPES = {_ST.INSERT, _ST.UPDATE, _ST.DELETE, _ST.MERGE_INTO}
@@ -339,40 +316,8 @@ class DuckDBBackend(GroupCommit):
 
     # --- reads -----------------------------------------------------------------------
 
-    def _check_read(self, conn: Any, sql: str) -> bool:
-        """Refuse statements a read-only transaction would let change something.
-
-        Returns False when `sql` holds no statement at all.
-        """
-        try:
-            statements = conn.extract_statements(sql)
-        except ValueError:  # a statement type this duckdb build cannot name
-            statements = None
-        if statements is not None and len(statements) > 1:
-            raise ProgrammingError(
-                f"query() runs one statement at a time; got {len(statements)}: {sql[:200]!r}"
-            )
-        if statements == []:
-            return False
-        stmt = statements[0] if statements else None
-        allowed = stmt is not None and stmt.type in _READ_TYPES
-        if allowed and stmt is not None:
-            text = stmt.query
-            if _CHECKPOINT.search(text):
-                allowed = False
-            elif stmt.type == _ST.PRAGMA:
-                match = _PRAGMA_NAME.match(text)
-                allowed = match is not None and match.group(1).lower() in _INFO_PRAGMAS
-        if not allowed:
-            kind = stmt.type.name if stmt is not None else "unknown"
-            raise ReadOnlyError(
-                f"query() runs read-only statements; a {kind} statement could change the "
-                f"database or its settings: {sql[:200]!r}"
-            )
-        return True
-
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
-        if not self._check_read(conn, sql):
+        if not check_read(conn, sql):
             return []
         params = _params(params)
         if shared and id(conn) in self._open:

@@ -1,0 +1,75 @@
+"""What a DuckDB `query()` may run, checked before the read-only transaction runs it.
+
+`read` (in ``_duckdb.py``) runs each statement inside ``BEGIN TRANSACTION READ ONLY``,
+and the engine refuses every write there, ``nextval()`` included. But a read-only
+transaction leaves holes: SET, CHECKPOINT, ATTACH, COPY ... TO, TEMP objects, LOAD and
+EXPORT still change the database or the instance's settings. So the statement type is
+checked first: only SELECT-like statements, EXPLAIN, informational PRAGMAs and CALLs
+(except checkpoint) run; anything else raises `ReadOnlyError` having run nothing.
+Stateless, so any thread may call it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import duckdb
+
+from ..errors import ProgrammingError, ReadOnlyError
+
+_ST = duckdb.StatementType
+# Statement types query() may run (the read-only transaction is still the real guard).
+_READ_TYPES = {_ST.SELECT, _ST.EXPLAIN, _ST.PRAGMA, _ST.CALL}
+# PRAGMAs that only report. Assigning ones (PRAGMA threads=1) are typed SET.
+_INFO_PRAGMAS = {
+    "collations",
+    "database_list",
+    "database_size",
+    "functions",
+    "metadata_info",
+    "platform",
+    "show",
+    "show_databases",
+    "show_tables",
+    "show_tables_expanded",
+    "storage_info",
+    "table_info",
+    "user_agent",
+    "version",
+}
+_PRAGMA_NAME = re.compile(r"\s*pragma\s+(\w+)", re.IGNORECASE)
+_CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b|\bcheckpoint\s*\(", re.IGNORECASE)
+
+
+def check_read(conn: Any, sql: str) -> bool:
+    """Refuse statements a read-only transaction would let change something.
+
+    Returns False when `sql` holds no statement at all.
+    """
+    try:
+        statements = conn.extract_statements(sql)
+    except ValueError:  # a statement type this duckdb build cannot name
+        statements = None
+    if statements is not None and len(statements) > 1:
+        raise ProgrammingError(
+            f"query() runs one statement at a time; got {len(statements)}: {sql[:200]!r}"
+        )
+    if statements == []:
+        return False
+    stmt = statements[0] if statements else None
+    allowed = stmt is not None and stmt.type in _READ_TYPES
+    if allowed and stmt is not None:
+        text = stmt.query
+        if _CHECKPOINT.search(text):
+            allowed = False
+        elif stmt.type == _ST.PRAGMA:
+            match = _PRAGMA_NAME.match(text)
+            allowed = match is not None and match.group(1).lower() in _INFO_PRAGMAS
+    if not allowed:
+        kind = stmt.type.name if stmt is not None else "unknown"
+        raise ReadOnlyError(
+            f"query() runs read-only statements; a {kind} statement could change the "
+            f"database or its settings: {sql[:200]!r}"
+        )
+    return True
