@@ -171,7 +171,6 @@ class QueueEngine:
         self.conn = conn
         self.timeout = timeout
         self.state = _State(max_queue)
-        self.conn_lock = conn_lock
         # In-memory SQLite: readers share the writer connection under `conn_lock`, which
         # a borrowing caller would have to wait for without a deadline. Never lend then.
         self._can_lend = conn_lock is None
