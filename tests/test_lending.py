@@ -30,14 +30,35 @@ def _wait_for(cond: Callable[[], bool], what: str) -> None:
         time.sleep(0.001)
 
 
-def _who_store(make_store: Callable[..., safestore.Store], **kwargs: Any) -> safestore.Store:
-    """A SQLite store whose writer connection has who(): the id of the executing thread."""
+def _sqlite_setup(**functions: Callable[[], object]) -> Callable[[sqlite3.Connection], None]:
+    """A SQLite `setup`: table t, who() (the id of the executing thread) and `functions`."""
 
     def setup(conn: sqlite3.Connection) -> None:
         SCHEMA(conn)
         conn.create_function("who", 0, threading.get_ident)
+        for name, fn in functions.items():
+            conn.create_function(name, 0, fn)
 
-    return make_store(setup=setup, **kwargs)
+    return setup
+
+
+def _who_store(make_store: Callable[..., safestore.Store], **kwargs: Any) -> safestore.Store:
+    """A SQLite store whose writer connection has who(): the id of the executing thread."""
+    return make_store(setup=_sqlite_setup(), **kwargs)
+
+
+class _Hold:
+    """An SQL function that stays inside the engine until `release` is set."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> int:
+        self.inside.set()
+        assert self.release.wait(WAIT)
+        return self.value
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -116,25 +137,15 @@ def test_a_threads_writes_keep_their_order(
 @pytest.mark.parametrize("mode", ["queue"], indirect=True)
 def test_close_waits_for_a_borrowed_connection(tmp_path: Path, mode: str) -> None:
     """close() lets a caller that borrowed the connection finish; its write is kept."""
-    inside, release = threading.Event(), threading.Event()
-
-    def hold() -> int:
-        inside.set()
-        assert release.wait(WAIT)
-        return 7
-
-    def setup(conn: sqlite3.Connection) -> None:
-        SCHEMA(conn)
-        conn.create_function("hold", 0, hold)
-
+    hold = _Hold(7)
     path = db_path(tmp_path, "sqlite")
-    store = safestore.Store(path, mode=mode, setup=setup, timeout=WAIT)
+    store = safestore.Store(path, mode=mode, setup=_sqlite_setup(hold=hold), timeout=WAIT)
     results: list[Any] = []
     writer = threading.Thread(
         target=lambda: results.append(store.execute("INSERT INTO t (v, n) VALUES ('x', hold())"))
     )
     writer.start()
-    assert inside.wait(WAIT)  # the caller's thread is inside the engine, on the connection
+    assert hold.inside.wait(WAIT)  # the caller's thread is inside the engine, on the connection
     closed = threading.Event()
     closer = threading.Thread(target=lambda: (store.close(WAIT), closed.set()))
     closer.start()
@@ -142,7 +153,7 @@ def test_close_waits_for_a_borrowed_connection(tmp_path: Path, mode: str) -> Non
     assert not closed.wait(0.2)
     with pytest.raises(safestore.StoreClosedError):
         store.insert("t", {"v": "after close"})
-    release.set()
+    hold.release.set()
     writer.join(WAIT)
     closer.join(WAIT)
     assert closed.is_set()
@@ -209,19 +220,8 @@ def test_no_lending_while_the_writer_holds_a_batch(
     writer takes it, then waits for X. X finishes, and the writer is held just before
     it runs A: this thread's next write B must queue behind A, not borrow the connection.
     """
-    inside, release = threading.Event(), threading.Event()
-
-    def hold() -> int:
-        inside.set()
-        assert release.wait(WAIT)
-        return 0
-
-    def setup(conn: sqlite3.Connection) -> None:
-        SCHEMA(conn)
-        conn.create_function("who", 0, threading.get_ident)
-        conn.create_function("hold", 0, hold)
-
-    store = make_store(setup=setup)
+    hold = _Hold()
+    store = make_store(setup=_sqlite_setup(hold=hold))
     state = store._engine.state  # type: ignore[union-attr]
     writer = store._engine.thread.ident  # type: ignore[union-attr]
     b_sent = threading.Event()
@@ -235,10 +235,10 @@ def test_no_lending_while_the_writer_holds_a_batch(
     monkeypatch.setattr(state, "wait_for_lender", held_wait)
     x = threading.Thread(target=store.execute, args=("INSERT INTO t (v, n) VALUES ('x', hold())",))
     x.start()
-    assert inside.wait(WAIT)  # X has the connection
+    assert hold.inside.wait(WAIT)  # X has the connection
     a = store.insert("t", {"v": "A"}, wait=False)
     _wait_for(lambda: state.writer_busy, "the writer to take A")
-    release.set()
+    hold.release.set()
     x.join(WAIT)
 
     def mark_b_sent() -> None:
@@ -273,11 +273,7 @@ def test_writes_from_inside_a_lent_write(make_store: Callable[..., safestore.Sto
             outcome.append(exc)
         return 1
 
-    def setup(conn: sqlite3.Connection) -> None:
-        SCHEMA(conn)
-        conn.create_function("audit", 0, audit)
-
-    store = make_store(setup=setup)
+    store = make_store(setup=_sqlite_setup(audit=audit))
     stores.append(store)
     store.execute("INSERT INTO t (v, n) VALUES ('main', audit())")  # lent: the writer is idle
     queued, refused = outcome
