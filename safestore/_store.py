@@ -395,12 +395,14 @@ class Store:
                 "transaction itself; use the `tx` object, or finish the block first"
             )
         engine = self._engine
-        if isinstance(engine, QueueEngine) and threading.current_thread() is engine.thread:
+        if not isinstance(engine, QueueEngine):
+            return
+        if threading.current_thread() is engine.thread:
             raise StoreError(
                 f"{what} inside a run() function would wait for the writer that is "
                 "running it; use the `conn` run() was given"
             )
-        if waits and isinstance(engine, QueueEngine) and engine.borrowed_here():
+        if waits and engine.borrowed_here():
             # An SQL function or a logging handler called from inside this thread's own
             # write, which runs on the borrowed writer connection.
             raise StoreError(
