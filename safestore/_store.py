@@ -397,7 +397,7 @@ class Store:
         engine = self._engine
         if not isinstance(engine, QueueEngine):
             return
-        if threading.current_thread() is engine.thread:
+        if threading.get_ident() == engine.thread.ident:
             raise StoreError(
                 f"{what} inside a run() function would wait for the writer that is "
                 "running it; use the `conn` run() was given"

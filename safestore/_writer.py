@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ._backends import Backend
-from ._group import Counters, run_group, settle, wait_result
+from ._group import Counters, run_group, run_one, settle, wait_result
 from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
@@ -83,6 +83,7 @@ class _State:
         self.lender: Request | None = None
         self.lender_thread: int | None = None  # its thread, for borrowed_here()
         self.lender_gone = threading.Condition(self.lock)
+        self.writer_waits = False  # the writer waits on `lender_gone` (under `lock`)
         #: Whether the store looks used by one thread at a time, so that lending the
         #: connection cannot split a group. Under `lock`; see `writer_idle`.
         self.lend_ok = True
@@ -121,7 +122,9 @@ class _State:
         with self.lock:
             while self.lender is not None:
                 # The timeout is only a backstop: the lender notifies when it is done.
+                self.writer_waits = True
                 self.lender_gone.wait(1.0)
+            self.writer_waits = False
 
     def writer_idle(self, alone: bool) -> None:
         """The writer has settled its batch; `alone`: the batch held one request.
@@ -141,7 +144,8 @@ class _State:
         with self.lock:
             # Others queued meanwhile, or the writer took a batch: that is concurrency.
             self.lend_ok = not self.depth and not self.writer_busy
-            self.lender_gone.notify_all()
+            if self.writer_waits:  # notifying no one still costs a few microseconds
+                self.lender_gone.notify_all()
 
 
 def _fail(req: Request, exc: BaseException) -> None:
@@ -215,7 +219,8 @@ class QueueEngine:
                 else:
                     self._enqueue(state, req, deadline)
                     return req.future
-            _commit_segment(state, self.backend, self.conn, [req], nullcontext)
+            # The caller's own thread: nobody can withdraw `req` (see run_one).
+            settle(state.counters, *run_one(self.backend, self.conn, req))
         except BaseException:
             if state.lender is req:
                 # Interrupted (KeyboardInterrupt in the main thread) or a bug: count the

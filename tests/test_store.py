@@ -339,3 +339,30 @@ def test_shared_sqlite_connection_has_no_statement_cache(
         store.query("SELECT 1")
     shared = mode == "lock" or target == ":memory:"
     assert seen[0] == (0 if shared else 128)
+
+
+def test_lone_sqlite_insert_is_one_autocommit_statement(tmp_path: Path, mode: str) -> None:
+    """A write run by itself on its caller's thread (lock mode, a lent write) that is one
+    INSERT statement runs without BEGIN and COMMIT: SQLite makes one statement atomic."""
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=SCHEMA) as store:
+        traced: list[str] = []
+        store.run(lambda conn: conn.set_trace_callback(traced.append))
+        traced.clear()
+        assert store.insert("t", {"v": "a", "n": 1}).lastrowid == 1
+        assert traced == ['INSERT INTO "t" ("v","n") VALUES (\'a\',1)']
+        traced.clear()
+        store.execute("UPDATE t SET n = 2")  # not an insert(): its own transaction, as before
+        assert traced == ["BEGIN IMMEDIATE", "UPDATE t SET n = 2", "COMMIT"]
+        store.run(lambda conn: conn.set_trace_callback(None))
+        assert store.query("SELECT v, n FROM t") == [("a", 2)]
+
+
+def test_lone_insert_of_many_statements_is_atomic(store: safestore.Store) -> None:
+    """An insert() too large for one statement is still all or nothing when it runs alone."""
+    rows = [{"v": str(i), "n": i} for i in range(2000)]
+    rows.append({"v": "7", "n": -1})  # duplicate of row 7: the last statement fails
+    with pytest.raises(safestore.IntegrityError):
+        store.insert("t", rows)
+    assert count(store) == 0
+    assert store.insert("t", rows[:-1]).rowcount == 2000
+    assert count(store) == 2000

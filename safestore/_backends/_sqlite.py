@@ -220,6 +220,27 @@ class SQLiteBackend:
             raise
         return outcomes
 
+    def commit_alone(self, conn: Any, request: Request) -> list[Outcome]:
+        # An insert() that fits in one statement needs no BEGIN IMMEDIATE and COMMIT:
+        # SQLite makes every statement atomic, takes the write lock at its start (with
+        # the busy handler) and commits at its end, with the same sync. Leaving out the
+        # two round trips saves a third of a sequential insert's time. Only insert()
+        # statements, which safestore writes itself: a user's statement may behave
+        # differently outside a transaction (VACUUM, some PRAGMAs), and must not start
+        # working or failing depending on whether it happened to run alone.
+        if (
+            isinstance(request, Insert)
+            and len(request.rows) <= self._rows_per_statement(len(request.columns))
+            and not conn.in_transaction
+        ):
+            try:
+                value = self._retry_busy(lambda: self._insert_alone(conn, request))
+            except Exception as exc:
+                return [(request, None, translate(exc))]
+            return [(request, value, None)]
+        self.begin(conn)
+        return self.commit_group(conn, [request])
+
     def _one_by_one(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
         """Commit each request in its own transaction, in order (no run() functions)."""
         outcomes: list[Outcome] = []
@@ -391,9 +412,12 @@ class SQLiteBackend:
         raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
 
     def _insert_alone(self, conn: Any, req: Insert) -> Result:
+        rows = req.rows
+        if len(rows) == 1:  # the common case, without the chunking below
+            cur = conn.execute(_insert_sql(req.table, req.columns, 1, ""), rows[0])
+            return Result(1, cur.lastrowid or None)
         ncols = len(req.columns)
         per_stmt = self._rows_per_statement(ncols)
-        rows = req.rows
         cur = None
         for start in range(0, len(rows), per_stmt):
             chunk = rows[start : start + per_stmt]
