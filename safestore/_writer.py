@@ -365,6 +365,11 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
 
     q = state.queue
     expected = 1  # how many requests the previous group carried
+    # Waiting for stragglers pays while a commit is cheap next to the callers' own
+    # work (SQLite): one large group beats two. When a commit takes long and releases
+    # the GIL (a DuckDB flush), committing part of the callers while the others prepare
+    # their next write overlaps the two, so the window closes at `group_target`.
+    cap = backend.group_target or MAX_BATCH
     while True:
         batch: list[Item] = [q.get()]
         while len(batch) < MAX_BATCH:
@@ -372,16 +377,17 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
                 batch.append(q.get_nowait())
             except queue.Empty:
                 break
-        if len(batch) < expected:
+        target = min(expected, cap)
+        if len(batch) < target:
             # The group commit window. The callers released by the previous commit are
             # usually about to send their next write, but they need the GIL one after
             # another to do it, so the queue refills just after we look. Hand the GIL
             # over (sleep(0)) a few times and drain again while the group keeps growing
             # towards the previous group's size: groups then stay as large as the number
             # of busy callers instead of shrinking. A lone caller (expected == 1) never
-            # waits; the window is bounded by LINGER.
+            # waits; the window is bounded by LINGER (and by `cap`, above).
             deadline = time.monotonic() + LINGER
-            while len(batch) < expected and time.monotonic() < deadline:
+            while len(batch) < target and time.monotonic() < deadline:
                 before = len(batch)
                 time.sleep(0)
                 while len(batch) < MAX_BATCH:

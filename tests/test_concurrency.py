@@ -350,3 +350,48 @@ def test_reader_sees_tables_created_later(store: safestore.Store) -> None:
     assert count(store, "later") == 1
     with pytest.raises(safestore.ReadOnlyError):
         store.query("DELETE FROM later")
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+@pytest.mark.parametrize("group_target", [4, None])
+def test_writer_stops_waiting_for_stragglers_at_group_target(
+    make_store: Callable[..., safestore.Store],
+    backend: str,
+    group_target: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer waits for a group to grow back to the previous group's size, but not
+    past the backend's `group_target`: with enough requests queued it commits at once."""
+    import time
+
+    from safestore._backends import _duckdb, _sqlite
+
+    cls = _duckdb.DuckDBBackend if backend == "duckdb" else _sqlite.SQLiteBackend
+    monkeypatch.setattr(cls, "group_target", group_target)
+    store = make_store(setup=SCHEMA)
+    gate1, _ = freeze(store)
+    for i in range(8):
+        store.insert("t", {"v": f"a{i}"}, wait=False)
+    gate2 = Gate()
+    store.run(gate2.hold, wait=False)
+    gate1.release()
+    assert gate2.entered.wait(WAIT)  # the previous group: 8 inserts and the run()
+    for i in range(5):  # fewer than that, but more than 4
+        store.insert("t", {"v": f"b{i}"}, wait=False)
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def counting_sleep(seconds: float) -> None:
+        if threading.current_thread().name.startswith("safestore-writer"):
+            waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", counting_sleep)
+    gate2.release()
+    store.flush(timeout=WAIT)
+    monkeypatch.undo()
+    assert count(store) == 13
+    if group_target is None:
+        assert waits, "the writer did not wait for the group to grow"
+    else:
+        assert waits == [], "the writer waited although the group had reached its target"

@@ -42,6 +42,9 @@ class Backend(Protocol):
     """One engine. Connections are opaque to everything outside the backend module."""
 
     name: str
+    #: How many requests the writer waits for before it commits a group, at most
+    #: (None: as many as the previous group held). See `safestore._writer._loop`.
+    group_target: int | None
 
     def connect_writer(self) -> Any:
         """Open the connection all writes go through (also lock mode's only connection)."""

@@ -54,6 +54,9 @@ class SQLiteBackend:
     """`Backend` for SQLite files and ``:memory:``."""
 
     name = "sqlite"
+    # A commit costs a few hundred microseconds: full groups are fastest (measured with
+    # 50 threads, 16 or 32 instead were 5-10% slower).
+    group_target: int | None = None
 
     def __init__(self, config: Config) -> None:
         self.config = config
