@@ -105,16 +105,39 @@ def settle(
         else:
             counters.commits += 1
             counters.largest_batch = max(counters.largest_batch, len(writes))
-            for req, value, req_error in outcomes:
-                if req_error is None:
-                    counters.committed += 1
-                    req.future.set_result(value)
-                else:
-                    counters.failed += 1
-                    req.future.set_exception(req_error)
+            _wake_in_turn(counters, outcomes)
     for req in live:
         if not req.is_write:
             req.future.set_result(None)
+
+
+def _wake_in_turn(counters: Counters, outcomes: list[Outcome]) -> None:
+    """Resolve a committed group's futures; wake the waiting callers one after another.
+
+    See `Waiter`: the writer wakes the first caller only, and each wakes the next. The
+    chain is built from the last request backwards, so that each link is resolved and
+    linked in one step under its own lock; a caller that has stopped waiting is woken at
+    once and left out. (concurrent.futures Futures, of ``wait=False`` calls, are
+    resolved as usual.)
+    """
+    then: Waiter | None = None
+    try:
+        for req, value, req_error in reversed(outcomes):
+            if req_error is None:
+                counters.committed += 1
+            else:
+                counters.failed += 1
+            fut = req.future
+            if type(fut) is Waiter:
+                if fut.finish_in_turn(value, req_error, then):
+                    then = fut
+            elif req_error is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(req_error)
+    finally:
+        if then is not None:  # whatever happened, the chain built so far must move
+            then.wake()
 
 
 def wait_result(fut: Future[Any] | Waiter, deadline: float, timeout: float) -> Any:

@@ -1,0 +1,145 @@
+"""Waking a committed group's callers in turn (safestore._group._wake_in_turn, Waiter).
+
+The writer wakes the first waiting caller only and each caller wakes the next as it
+wakes. These tests drive `settle` directly with hand-made requests, so that the order
+of events is exact: which callers are waiting, which have given up, who is woken when.
+The engine-level tests (50 threads, exact counts, on every backend and mode) exercise
+the same code under load.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import pytest
+from tests.conftest import WAIT
+
+from safestore import _group
+from safestore._requests import Execute, Request, Waiter
+
+
+class Interrupted(Exception):
+    """Raised by the test's SIGALRM handler inside a blocked wait."""
+
+
+def _claimed(n: int) -> list[Request]:
+    reqs: list[Request] = [Execute("INSERT", ()) for _ in range(n)]
+    for req in reqs:
+        assert req.future.set_running_or_notify_cancel()
+    return reqs
+
+
+def _settle(reqs: list[Request], errors: dict[int, BaseException] | None = None) -> None:
+    errors = errors or {}
+    outcomes = [
+        (r, None if i in errors else f"value {i}", errors.get(i)) for i, r in enumerate(reqs)
+    ]
+    _group.settle(_group.Counters(), reqs, outcomes, None)
+
+
+def _waiting(
+    reqs: list[Request], timeout: float = WAIT
+) -> tuple[list[Any], list[threading.Thread]]:
+    """One thread per request, each waiting for its result; returns (results, threads)."""
+    results: list[Any] = [None] * len(reqs)
+    started = threading.Barrier(len(reqs) + 1)
+
+    def wait(i: int) -> None:
+        started.wait(WAIT)
+        try:
+            results[i] = reqs[i].future.result(timeout)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    started.wait(WAIT)
+    return results, threads
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive(), "a waiting caller was never woken"
+
+
+def test_every_caller_of_a_group_is_woken_with_its_own_outcome() -> None:
+    reqs = _claimed(20)
+    results, threads = _waiting(reqs)
+    boom = ValueError("row 7 failed")
+    _settle(reqs, {7: boom})
+    _join(threads)
+    assert results == [boom if i == 7 else f"value {i}" for i in range(20)]
+    for i, req in enumerate(reqs):  # every waiter stays released: asking again is instant
+        assert req.future.exception(0) is (boom if i == 7 else None)
+
+
+def test_a_caller_that_gave_up_before_the_commit_is_left_out_of_the_chain() -> None:
+    reqs = _claimed(5)
+    gave_up = reqs[2].future
+    with pytest.raises(TimeoutError):
+        gave_up.result(0.01)
+    assert not gave_up.cancel()  # running: too late to withdraw, but marked as gone
+    results, threads = _waiting([reqs[0], reqs[1], reqs[3], reqs[4]])
+    _settle(reqs)
+    _join(threads)
+    assert results == ["value 0", "value 1", "value 3", "value 4"]
+    assert gave_up.result(0) == "value 2"  # resolved (and released) all the same
+
+
+def test_a_caller_interrupted_in_its_turn_passes_the_turn_on() -> None:
+    """The main thread's wait is interrupted (a signal handler raises) after the writer
+    made it a link and before its turn came: the callers after it are still woken."""
+    first, middle, last = reqs = _claimed(3)
+    results, threads = _waiting([last])
+    _settle(reqs)  # wakes `first`, whose caller is not waiting yet: the turn stops there
+    assert threads[0].is_alive()  # `last` waits for `middle`, which waits for `first`
+    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            middle.future.result(WAIT)  # its turn never comes: `first` is not waiting
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    _join(threads)  # `middle` passed its turn on as it left
+    assert results == ["value 2"]
+    assert first.future.result(0) == "value 0"
+    assert middle.future.result(0) == "value 1"
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
+def test_failed_group_and_wait_false_futures_resolve_as_before() -> None:
+    """A group that failed as a whole wakes everyone with its error; real Futures
+    (wait=False) are resolved directly, between the links."""
+    from concurrent.futures import Future
+
+    reqs = _claimed(4)
+    real: Future[Any] = Future()
+    assert real.set_running_or_notify_cancel()
+    reqs[1].future = real
+    results, threads = _waiting([reqs[0], reqs[2], reqs[3]])
+    _settle(reqs)
+    _join(threads)
+    assert results == ["value 0", "value 2", "value 3"]
+    assert real.result(0) == "value 1"
+
+    reqs = _claimed(3)
+    results, threads = _waiting(reqs)
+    err = RuntimeError("disk full")
+    _group.settle(_group.Counters(), reqs, [], err)
+    _join(threads)
+    assert results == [err, err, err]
+
+
+def test_finish_in_turn_refuses_a_request_that_is_not_running() -> None:
+    waiter = Waiter()
+    with pytest.raises(Exception, match="not running"):
+        waiter.finish_in_turn(1, None, None)
+    assert waiter.cancel()
