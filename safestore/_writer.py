@@ -83,6 +83,12 @@ class _State:
         self.lender: Request | None = None
         self.lender_thread: int | None = None  # its thread, for borrowed_here()
         self.lender_gone = threading.Condition(self.lock)
+        #: The queue depth at which the writer, lingering for a group to fill, wants to
+        #: be woken (0: it does not). Under `lock`; the caller whose request brings the
+        #: depth there releases `filled`, which the writer holds otherwise.
+        self.wanted = 0
+        self.filled = threading.Lock()
+        self.filled.acquire()
         self.writer_waits = False  # the writer waits on `lender_gone` (under `lock`)
         #: Whether the store looks used by one thread at a time, so that lending the
         #: connection cannot split a group. Under `lock`; see `writer_idle`.
@@ -104,6 +110,25 @@ class _State:
         with self.lock:
             self.depth = 0
             self.space.notify_all()  # callers waiting for room see `broken` and raise
+
+    def wait_for_depth(self, target: int, timeout: float) -> None:
+        """Wait until `target` requests are queued, or `timeout` (writer thread only).
+
+        The caller that enqueues the target-th request wakes the writer: one wake-up,
+        where polling the queue would take the GIL from the very callers it waits for.
+        """
+        with self.lock:
+            if self.depth >= target or self.closed:
+                return
+            self.wanted = target
+        if self.filled.acquire(timeout=timeout):
+            return
+        with self.lock:
+            if self.wanted == 0:
+                # A caller released `filled` just after the timeout: take it back, so
+                # that the writer holds it again (this cannot block).
+                self.filled.acquire(False)
+            self.wanted = 0
 
     def taken(self, n: int) -> None:
         """The writer took `n` requests off the queue: make room for that many.
@@ -257,6 +282,9 @@ class QueueEngine:
                 )
             self._check(state)
         state.depth += 1
+        if state.wanted and state.depth >= state.wanted:  # see _State.wait_for_depth
+            state.wanted = 0
+            state.filled.release()
         if req.is_write:
             state.counters.accepted += 1
         state.queue.put(req)
@@ -380,22 +408,18 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         target = min(expected, cap)
         if len(batch) < target:
             # The group commit window. The callers released by the previous commit are
-            # usually about to send their next write, but they need the GIL one after
-            # another to do it, so the queue refills just after we look. Hand the GIL
-            # over (sleep(0)) a few times and drain again while the group keeps growing
-            # towards the previous group's size: groups then stay as large as the number
-            # of busy callers instead of shrinking. A lone caller (expected == 1) never
-            # waits; the window is bounded by LINGER (and by `cap`, above).
-            deadline = time.monotonic() + LINGER
-            while len(batch) < target and time.monotonic() < deadline:
-                before = len(batch)
-                time.sleep(0)
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(q.get_nowait())
-                    except queue.Empty:
-                        break
-                if len(batch) == before:
+            # usually about to send their next write, but they wake one after another
+            # (see _group._wake_in_turn), so the queue refills just after we look. Wait
+            # until it holds as many requests as the previous group (or `cap`), then
+            # drain it again: groups then stay as large as the number of busy callers
+            # instead of shrinking. A lone caller (expected == 1) never waits; if fewer
+            # callers are busy now, the wait ends after LINGER and the next group
+            # expects only as many as came.
+            state.wait_for_depth(target, LINGER)
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
                     break
         expected = min(len(batch), MAX_BATCH)
         state.taken(sum(1 for item in batch if item is not STOP))

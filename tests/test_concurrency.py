@@ -362,8 +362,6 @@ def test_writer_stops_waiting_for_stragglers_at_group_target(
 ) -> None:
     """The writer waits for a group to grow back to the previous group's size, but not
     past the backend's `group_target`: with enough requests queued it commits at once."""
-    import time
-
     from safestore._backends import _duckdb, _sqlite
 
     cls = _duckdb.DuckDBBackend if backend == "duckdb" else _sqlite.SQLiteBackend
@@ -378,20 +376,62 @@ def test_writer_stops_waiting_for_stragglers_at_group_target(
     assert gate2.entered.wait(WAIT)  # the previous group: 8 inserts and the run()
     for i in range(5):  # fewer than that, but more than 4
         store.insert("t", {"v": f"b{i}"}, wait=False)
-    waits: list[float] = []
-    real_sleep = time.sleep
+    state = store._engine.state
+    waits: list[int] = []
+    real_wait = state.wait_for_depth
 
-    def counting_sleep(seconds: float) -> None:
-        if threading.current_thread().name.startswith("safestore-writer"):
-            waits.append(seconds)
-        real_sleep(seconds)
+    def recording_wait(target: int, timeout: float) -> None:
+        waits.append(target)
+        real_wait(target, timeout)
 
-    monkeypatch.setattr(time, "sleep", counting_sleep)
+    monkeypatch.setattr(state, "wait_for_depth", recording_wait)
     gate2.release()
     store.flush(timeout=WAIT)
     monkeypatch.undo()
     assert count(store) == 13
     if group_target is None:
-        assert waits, "the writer did not wait for the group to grow"
+        assert waits == [9], "the writer did not wait for the group to grow back to 9"
     else:
         assert waits == [], "the writer waited although the group had reached its target"
+
+
+def test_lingering_writer_is_woken_by_the_request_that_fills_its_group() -> None:
+    """_State.wait_for_depth: the caller whose request brings the queue to the depth the
+    writer waits for wakes it at once; a wait that times out leaves the state clean."""
+    from safestore._requests import Flush
+    from safestore._writer import QueueEngine, _State
+
+    state = _State(max_queue=100)
+    real_filled = state.filled
+    waiting = threading.Event()
+
+    class Filled:  # the real lock, plus a signal that the writer has started waiting
+        def acquire(self, *args: Any, **kwargs: Any) -> bool:
+            waiting.set()
+            return real_filled.acquire(*args, **kwargs)
+
+        def release(self) -> None:
+            real_filled.release()
+
+    state.filled = Filled()  # type: ignore[assignment]
+    woken = threading.Event()
+
+    def writer() -> None:
+        state.wait_for_depth(3, WAIT)
+        woken.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert waiting.wait(WAIT)
+    enqueue = QueueEngine._enqueue
+    for _ in range(2):
+        enqueue(None, state, Flush(), float("inf"))  # type: ignore[arg-type]
+    assert not woken.wait(0.1), "woken before the group was full"
+    enqueue(None, state, Flush(), float("inf"))  # type: ignore[arg-type]
+    assert woken.wait(WAIT / 2), "the third request did not wake the writer"
+    t.join(WAIT)
+    assert state.wanted == 0 and real_filled.locked()
+
+    state.wait_for_depth(10, 0.01)  # times out: nobody comes
+    assert state.wanted == 0 and real_filled.locked()
+    state.wait_for_depth(3, WAIT)  # already deep enough: returns at once
