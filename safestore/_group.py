@@ -71,27 +71,6 @@ def run_group(
         return live, [], translate(exc)
 
 
-def run_one(
-    backend: Backend, conn: Any, req: Request
-) -> tuple[list[Request], list[Outcome], BaseException | None]:
-    """`run_group` for one request run on its own caller's thread (lock mode, a lent
-    write): the same result, through `Backend.commit_alone`.
-
-    Here the claim comes first: the caller is this thread, so nobody can withdraw the
-    request while it waits for another process's lock (AsyncStore's lock mode cancels
-    only while its worker thread waits for the store's lock, before this).
-    """
-    if not req.future.set_running_or_notify_cancel():
-        return [], [], None
-    if not req.is_write:
-        return [req], [], None
-    try:
-        return [req], backend.commit_alone(conn, req), None
-    except Exception as exc:
-        backend.rollback(conn)
-        return [req], [], translate(exc)
-
-
 def settle(
     counters: Counters, live: list[Request], outcomes: list[Outcome], error: BaseException | None
 ) -> None:

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._backends import Backend
-from ._group import Counters, run_one, settle
+from ._group import Counters, run_group, settle
 from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, TimeoutError
 
@@ -56,9 +56,9 @@ class LockEngine:
             if req.is_write:
                 with self.accept_lock:
                     self.counters.accepted += 1
-            # A request withdrawn before run_one claims it (AsyncStore cancels a
+            # A request withdrawn before run_group claims it (AsyncStore cancels a
             # waiting write) is skipped there: nothing of it runs.
-            settle(self.counters, *run_one(self.backend, self.conn, req))
+            settle(self.counters, *run_group(self.backend, self.conn, [req]))
             return req.future
         finally:
             self.lock.release()

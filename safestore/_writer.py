@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ._backends import Backend
-from ._group import Counters, run_group, run_one, settle, wait_result
+from ._group import Counters, run_group, settle, wait_result
 from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
@@ -244,8 +244,7 @@ class QueueEngine:
                 else:
                     self._enqueue(state, req, deadline)
                     return req.future
-            # The caller's own thread: nobody can withdraw `req` (see run_one).
-            settle(state.counters, *run_one(self.backend, self.conn, req))
+            _commit_segment(state, self.backend, self.conn, [req], nullcontext)
         except BaseException:
             if state.lender is req:
                 # Interrupted (KeyboardInterrupt in the main thread) or a bug: count the

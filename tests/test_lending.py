@@ -297,14 +297,10 @@ def test_interrupted_lent_write_leaves_the_store_usable(
     def interrupted(*args: Any) -> None:
         raise KeyboardInterrupt
 
-    def interrupted_in_transaction(conn: Any, req: Any) -> None:
-        engine.backend.begin(conn)
-        raise KeyboardInterrupt
-
     if where == "before BEGIN":
-        monkeypatch.setattr(_writer, "run_one", interrupted)
+        monkeypatch.setattr(_writer, "_commit_segment", interrupted)
     else:  # inside the transaction, before the write is applied
-        monkeypatch.setattr(engine.backend, "commit_alone", interrupted_in_transaction)
+        monkeypatch.setattr(engine.backend, "commit_group", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.insert("t", {"v": "interrupted"})
     monkeypatch.undo()

@@ -341,20 +341,28 @@ def test_shared_sqlite_connection_has_no_statement_cache(
     assert seen[0] == (0 if shared else 128)
 
 
-def test_lone_sqlite_insert_is_one_autocommit_statement(tmp_path: Path, mode: str) -> None:
-    """A write run by itself on its caller's thread (lock mode, a lent write) that is one
-    INSERT statement runs without BEGIN and COMMIT: SQLite makes one statement atomic."""
-    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=SCHEMA) as store:
-        traced: list[str] = []
-        store.run(lambda conn: conn.set_trace_callback(traced.append))
-        traced.clear()
-        assert store.insert("t", {"v": "a", "n": 1}).lastrowid == 1
-        assert traced == ['INSERT INTO "t" ("v","n") VALUES (\'a\',1)']
-        traced.clear()
-        store.execute("UPDATE t SET n = 2")  # not an insert(): its own transaction, as before
-        assert traced == ["BEGIN IMMEDIATE", "UPDATE t SET n = 2", "COMMIT"]
-        store.run(lambda conn: conn.set_trace_callback(None))
-        assert store.query("SELECT v, n FROM t") == [("a", 2)]
+def test_failed_insert_leaves_nothing_even_with_on_conflict_fail(tmp_path: Path, mode: str) -> None:
+    """An insert() is all or nothing also where SQLite keeps a failed statement's
+    earlier changes (ON CONFLICT FAIL, RAISE(FAIL) in a trigger): it runs in a
+    transaction of its own, never as a bare autocommit statement."""
+    schema = (
+        "CREATE TABLE t (x INTEGER UNIQUE ON CONFLICT FAIL);"
+        "CREATE TABLE log (x INTEGER);"
+        "CREATE TABLE u (x INTEGER);"
+        "CREATE TRIGGER u_check BEFORE INSERT ON u BEGIN"
+        "  INSERT INTO log VALUES (NEW.x);"
+        "  SELECT RAISE(FAIL, 'refused') WHERE NEW.x < 0;"
+        " END;"
+    )
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        with pytest.raises(safestore.IntegrityError):
+            store.insert("t", [{"x": 1}, {"x": 2}, {"x": 1}])
+        assert store.query("SELECT x FROM t") == []
+        with pytest.raises(safestore.IntegrityError):
+            store.insert("u", {"x": -1})
+        assert store.query("SELECT x FROM log") == []
+        store.insert("u", {"x": 5})
+        assert store.query("SELECT x FROM log") == [(5,)]
 
 
 def test_lone_insert_of_many_statements_is_atomic(store: safestore.Store) -> None:

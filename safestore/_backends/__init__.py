@@ -68,17 +68,6 @@ class Backend(Protocol):
         nothing of the group is committed.
         """
 
-    def commit_alone(self, conn: Any, request: Request) -> list[Outcome]:
-        """Apply one request and commit it, as `begin` then `commit_group` would.
-
-        Called with no transaction open, by the thread that is also the request's
-        caller (lock mode, or a write lent the idle writer's connection), so nobody can
-        withdraw the request while this waits for another process's lock; the backend
-        may therefore commit it without an explicit transaction where one statement
-        does the whole request. Raises if the write could not begin (the lock stayed
-        taken past the timeout); a failing request gets its exception in the outcome.
-        """
-
     def begin(self, conn: Any) -> None:
         """Open a write transaction; waits up to the store timeout for other processes."""
 
@@ -117,7 +106,6 @@ ENGINE_CALLS = (
     "close",
     "interrupt",
     "commit_group",
-    "commit_alone",
     "begin",
     "commit",
     "rollback",

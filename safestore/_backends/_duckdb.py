@@ -56,7 +56,7 @@ from ..errors import (
     register_mapping,
     translate,
 )
-from . import Config, Outcome
+from . import Config
 from ._duckdb_group import GroupCommit
 from ._duckdb_guard import check_read
 
@@ -262,12 +262,6 @@ class DuckDBBackend(GroupCommit):
             raise
 
     # --- group commit ----------------------------------------------------------------
-
-    def commit_alone(self, conn: Any, request: Request) -> list[Outcome]:
-        # BEGIN is deferred (see `begin`): a lone insert already runs as one appender
-        # flush in autocommit, so there is nothing to save here.
-        self.begin(conn)
-        return self.commit_group(conn, [request])
 
     # `commit_group`, `_precheck` (the transaction-control refusal) and `_apply_unit`
     # (the appender) are inherited from GroupCommit, in _duckdb_group.py.

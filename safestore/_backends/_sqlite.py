@@ -223,27 +223,6 @@ class SQLiteBackend:
             raise
         return outcomes
 
-    def commit_alone(self, conn: Any, request: Request) -> list[Outcome]:
-        # An insert() that fits in one statement needs no BEGIN IMMEDIATE and COMMIT:
-        # SQLite makes every statement atomic, takes the write lock at its start (with
-        # the busy handler) and commits at its end, with the same sync. Leaving out the
-        # two round trips saves a third of a sequential insert's time. Only insert()
-        # statements, which safestore writes itself: a user's statement may behave
-        # differently outside a transaction (VACUUM, some PRAGMAs), and must not start
-        # working or failing depending on whether it happened to run alone.
-        if (
-            isinstance(request, Insert)
-            and len(request.rows) <= self._rows_per_statement(len(request.columns))
-            and not conn.in_transaction
-        ):
-            try:
-                value = self._retry_busy(lambda: self._insert_alone(conn, request))
-            except Exception as exc:
-                return [(request, None, translate(exc))]
-            return [(request, value, None)]
-        self.begin(conn)
-        return self.commit_group(conn, [request])
-
     def _one_by_one(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
         """Commit each request in its own transaction, in order (no run() functions)."""
         outcomes: list[Outcome] = []
