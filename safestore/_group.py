@@ -93,27 +93,30 @@ def settle(
 def _wake_in_turn(counters: Counters, outcomes: list[Outcome]) -> None:
     """Resolve a committed group's futures; wake the waiting callers one after another.
 
-    See `Waiter`: the writer wakes the first caller only, and each wakes the next. The
-    chain is built from the last request backwards, so that each link is resolved and
-    linked in one step under its own lock; a caller that has stopped waiting is woken at
-    once and left out. (concurrent.futures Futures, of ``wait=False`` calls, are
-    resolved as usual.)
+    See `Waiter`: the writer wakes the first caller only, and each wakes the next.
+    concurrent.futures Futures (``wait=False`` calls) are resolved first, in order. The
+    chain is then built from the last waiter backwards, so that each link is resolved
+    and linked in one step under its own lock; a caller that has stopped waiting is
+    woken at once and left out.
     """
+    waiters: list[tuple[Waiter, Any, BaseException | None]] = []
     then: Waiter | None = None
     try:
-        for req, value, req_error in reversed(outcomes):
+        for req, value, req_error in outcomes:
             if req_error is None:
                 counters.committed += 1
             else:
                 counters.failed += 1
             fut = req.future
             if type(fut) is Waiter:
-                if fut.finish_in_turn(value, req_error, then):
-                    then = fut
+                waiters.append((fut, value, req_error))
             elif req_error is None:
                 fut.set_result(value)
             else:
                 fut.set_exception(req_error)
+        for waiter, value, req_error in reversed(waiters):
+            if waiter.finish_in_turn(value, req_error, then):
+                then = waiter
     finally:
         if then is not None:  # whatever happened, the chain built so far must move
             then.wake()

@@ -55,6 +55,12 @@ class Rows(list[tuple[Any, ...]]):
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 
 
+#: A turn that took longer than this to reach its caller means that something else
+#: holds the GIL (a busy thread keeps it for whole switch intervals): the caller then
+#: wakes everyone left in the chain at once instead of one more (see Waiter).
+SLOW_TURN = 0.001
+
+
 class Waiter:
     """The subset of `concurrent.futures.Future` the writer and a blocked caller use.
 
@@ -63,21 +69,38 @@ class Waiter:
     A Waiter is two C locks: `_state_lock` makes each state change atomic (the race
     between a caller's `cancel()` and the writer's `set_running_or_notify_cancel()` is
     decided there, exactly as in Future), and `_done` is held from creation until the
-    waiter is resolved or cancelled, so `result()` is one blocking acquire.
+    caller may go on, so waiting is one blocking acquire.
 
     Waking in turn. When a group commits, its callers are woken one after another
     rather than all at once (`finish_in_turn`): the writer wakes the first, and each
     caller, as soon as it wakes, wakes the next (`_next`). Fifty callers woken at once
     all contend for the GIL, and each failed attempt is one more sleep and wake-up in
     the kernel; woken in turn, each finds the GIL free more often (measured: 50 threads
-    commit 20-35% more rows per second). A caller that stops waiting before its turn
-    (timeout, KeyboardInterrupt) must not break the chain: `_abandoned` keeps the writer
-    from making it a link, and one that leaves after it became a link passes its turn on
-    as it leaves (`_leave`). `_next` is read and cleared under `_state_lock`, so a turn
-    is passed on exactly once.
+    commit 10-35% more rows per second). Nobody may be stranded by it:
+
+    - a caller that gave up before the commit (`cancel()` of a running request) is
+      marked `_abandoned`, and the writer does not make it a link;
+    - a caller that leaves after it became a link (KeyboardInterrupt, or any error on
+      its way out of `Store._submit`) passes its turn on as it leaves (`leave`);
+    - a caller whose result is already set never waits for its turn: it takes the
+      result and passes the turn on at once, and one whose wait times out checks for
+      that first, so a broken chain costs at most a timeout, never a hang;
+    - a turn that took longer than `SLOW_TURN` to arrive wakes all the rest at once.
+
+    `_next` is taken and cleared under the link's `_state_lock`, so each turn is passed
+    on exactly once and every `_done` is released exactly once.
     """
 
-    __slots__ = ("_abandoned", "_done", "_error", "_next", "_state", "_state_lock", "_value")
+    __slots__ = (
+        "_abandoned",
+        "_done",
+        "_error",
+        "_next",
+        "_state",
+        "_state_lock",
+        "_turn_at",
+        "_value",
+    )
 
     def __init__(self) -> None:
         self._done = _thread.allocate_lock()
@@ -87,6 +110,7 @@ class Waiter:
         self._value: Any = None
         self._error: BaseException | None = None
         self._next: Waiter | None = None  # whom to wake when woken (see finish_in_turn)
+        self._turn_at = 0.0  # when its turn was passed to it (time.monotonic())
         self._abandoned = False  # the caller stopped waiting before the result came
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -151,30 +175,50 @@ class Waiter:
             return True
 
     def wake(self) -> None:
-        """Wake the caller of a waiter resolved with `finish_in_turn` (the first link)."""
+        """Give the first turn to a waiter resolved with `finish_in_turn`."""
+        self._turn_at = time.monotonic()
         self._done.release()
 
-    def _pass_on(self) -> None:
-        with self._state_lock:
-            nxt, self._next = self._next, None
-        if nxt is not None:
-            nxt._done.release()
-
-    def _leave(self) -> None:
-        """The caller stops waiting (interrupted): never strand the callers after it."""
+    def leave(self) -> None:
+        """Its caller stops waiting: keep it out of a chain, or pass its turn on."""
         with self._state_lock:
             if self._state in (_PENDING, _RUNNING):
                 self._abandoned = True
         self._pass_on()
 
+    def _pass_on(self, rest: bool = False) -> None:
+        """Give the turn to the next caller of the chain; with `rest`, to all of them."""
+        link, woken = self, []
+        while True:
+            with link._state_lock:
+                nxt, link._next = link._next, None
+            if nxt is None:
+                break
+            woken.append(nxt)
+            if not rest:
+                break
+            link = nxt
+        now = time.monotonic()
+        for nxt in woken:
+            nxt._turn_at = now
+            nxt._done.release()
+
     def _wait(self, timeout: float | None) -> None:
         try:
+            if self._state == _FINISHED:  # resolved: no need to wait for a turn
+                self._pass_on()
+                return
             woken = self._done.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
             if woken:
                 self._done.release()  # stay released: later waits return at once
-                self._pass_on()  # first thing, so the next caller's wake-up overlaps ours
+                # First thing, so that the next caller's wake-up overlaps ours.
+                turn_at = self._turn_at
+                self._pass_on(rest=bool(turn_at) and time.monotonic() - turn_at > SLOW_TURN)
+            elif self._state == _FINISHED:  # resolved meanwhile; its turn is late
+                self._pass_on()
+                woken = True
         except BaseException:
-            self._leave()
+            self.leave()
             raise
         if not woken:
             raise builtins.TimeoutError()

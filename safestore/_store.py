@@ -32,6 +32,7 @@ from ._requests import (
     Request,
     Run,
     TxSession,
+    Waiter,
     build_insert,
 )
 from ._transaction import Transaction
@@ -201,10 +202,18 @@ class Store:
             deadline = time.monotonic() + self._timeout
         if not wait:
             req.future = Future()  # the caller gets a real concurrent.futures.Future
-        fut = self._engine.submit(req, deadline, lend=wait)
-        if not wait:
-            return fut
-        return wait_result(fut, deadline, self._timeout)
+            return self._engine.submit(req, deadline)
+        waiter = req.future
+        try:
+            return wait_result(
+                self._engine.submit(req, deadline, lend=True), deadline, self._timeout
+            )
+        except BaseException:
+            # However this caller leaves (its write's error, a timeout, an interrupt),
+            # it must not hold up the callers of its group woken after it (see Waiter).
+            if isinstance(waiter, Waiter):
+                waiter.leave()
+            raise
 
     def insert(
         self,

@@ -380,9 +380,9 @@ def test_writer_stops_waiting_for_stragglers_at_group_target(
     waits: list[int] = []
     real_wait = state.wait_for_depth
 
-    def recording_wait(target: int, timeout: float) -> None:
+    def recording_wait(target: int, timeout: float, gap: float) -> None:
         waits.append(target)
-        real_wait(target, timeout)
+        real_wait(target, timeout, gap)
 
     monkeypatch.setattr(state, "wait_for_depth", recording_wait)
     gate2.release()
@@ -397,7 +397,10 @@ def test_writer_stops_waiting_for_stragglers_at_group_target(
 
 def test_lingering_writer_is_woken_by_the_request_that_fills_its_group() -> None:
     """_State.wait_for_depth: the caller whose request brings the queue to the depth the
-    writer waits for wakes it at once; a wait that times out leaves the state clean."""
+    writer waits for wakes it at once; a wait that times out, or finds no new request
+    within its gap, ends early and leaves the state clean."""
+    import time
+
     from safestore._requests import Flush
     from safestore._writer import QueueEngine, _State
 
@@ -417,7 +420,7 @@ def test_lingering_writer_is_woken_by_the_request_that_fills_its_group() -> None
     woken = threading.Event()
 
     def writer() -> None:
-        state.wait_for_depth(3, WAIT)
+        state.wait_for_depth(3, WAIT, WAIT)
         woken.set()
 
     t = threading.Thread(target=writer)
@@ -432,6 +435,85 @@ def test_lingering_writer_is_woken_by_the_request_that_fills_its_group() -> None
     t.join(WAIT)
     assert state.wanted == 0 and real_filled.locked()
 
-    state.wait_for_depth(10, 0.01)  # times out: nobody comes
+    state.wait_for_depth(10, 0.01, WAIT)  # times out: nobody comes
     assert state.wanted == 0 and real_filled.locked()
-    state.wait_for_depth(3, WAIT)  # already deep enough: returns at once
+    started = time.monotonic()
+    state.wait_for_depth(10, WAIT, 0.01)  # nobody comes within the gap: ends early
+    assert time.monotonic() - started < WAIT / 2
+    assert state.wanted == 0 and real_filled.locked()
+    state.wait_for_depth(3, WAIT, WAIT)  # already deep enough: returns at once
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_interrupted_caller_does_not_hold_up_the_rest_of_its_group(
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt between queueing a write and waiting for it (the caller never
+    waits) must not leave the other callers of its group waiting for a wake-up."""
+    import time
+
+    from safestore import _store
+
+    store = make_store(setup=SCHEMA, timeout=10.0)
+    gate, held = freeze(store)
+    real_wait_result = _store.wait_result
+
+    def interrupted(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_store, "wait_result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.insert("t", {"v": "interrupted"})  # queued first: the head of the group
+    monkeypatch.setattr(_store, "wait_result", real_wait_result)
+    done = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            store.insert("t", {"v": f"w{i}"})
+            done.wait(WAIT)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=write, args=(i,)) for i in range(5)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + WAIT
+    while store.stats().queue_depth < 6:  # all five queued behind the interrupted one
+        assert not errors, errors
+        assert time.monotonic() < deadline, "the writers never queued"
+        threading.Event().wait(0.001)
+    gate.release()
+    # Far less than the store's timeout: woken in turn, not at their deadline.
+    done.wait(WAIT / 10)
+    for w in workers:
+        w.join(WAIT)
+    assert not errors, errors
+    assert held.result(WAIT) == "held"
+    assert count(store) == 6
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_writer_dying_while_a_group_fills_fails_that_group_at_once(
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests the writer has taken off the queue but not yet started fail with the
+    writer's death at once, not at their timeout, wherever in its loop it dies."""
+    store = make_store(setup=SCHEMA)
+    gate1, _ = freeze(store)
+    for i in range(8):
+        store.insert("t", {"v": f"a{i}"}, wait=False)
+    gate2 = Gate()
+    store.run(gate2.hold, wait=False)
+    gate1.release()
+    assert gate2.entered.wait(WAIT)  # the next group will wait for 9 requests
+    futures = [store.insert("t", {"v": f"b{i}"}, wait=False) for i in range(3)]
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("broken group commit window")
+
+    monkeypatch.setattr(store._engine.state, "wait_for_depth", broken)
+    gate2.release()
+    for fut in futures:
+        with pytest.raises(safestore.StoreError, match="writer thread died"):
+            fut.result(WAIT / 3)

@@ -60,6 +60,26 @@ def _waiting(
     return results, threads
 
 
+def _probe(req: Request) -> threading.Event:
+    """An event set when a caller starts blocking on `req`'s waiter (its real lock is
+    wrapped), so that a test can act only once the caller really waits."""
+    waiter = req.future
+    assert isinstance(waiter, Waiter)
+    real_done = waiter._done
+    blocked = threading.Event()
+
+    class Probe:
+        def acquire(self, *args: Any, **kwargs: Any) -> bool:
+            blocked.set()
+            return real_done.acquire(*args, **kwargs)
+
+        def release(self) -> None:
+            real_done.release()
+
+    waiter._done = Probe()  # type: ignore[assignment]
+    return blocked
+
+
 def _join(threads: list[threading.Thread]) -> None:
     for t in threads:
         t.join(WAIT)
@@ -95,20 +115,70 @@ def test_a_caller_interrupted_in_its_turn_passes_the_turn_on() -> None:
     made it a link and before its turn came: the callers after it are still woken."""
     first, middle, last = reqs = _claimed(3)
     results, threads = _waiting([last])
-    _settle(reqs)  # wakes `first`, whose caller is not waiting yet: the turn stops there
-    assert threads[0].is_alive()  # `last` waits for `middle`, which waits for `first`
-    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
+    waiter = middle.future
+    assert isinstance(waiter, Waiter)
+    blocked, settled = _probe(middle), threading.Event()
+
+    def settler() -> None:
+        assert blocked.wait(WAIT)
+        _settle(reqs)  # wakes `first`, whose caller is not waiting: the turn stops there
+        settled.set()
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if not settled.is_set():  # too early: the main thread is not a link yet
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise Interrupted
+
+    helper = threading.Thread(target=settler)
+    previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        helper.start()
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
         with pytest.raises(Interrupted):
-            middle.future.result(WAIT)  # its turn never comes: `first` is not waiting
+            waiter.result(WAIT)  # its turn never comes: `first` is not waiting
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    helper.join(WAIT)
     _join(threads)  # `middle` passed its turn on as it left
     assert results == ["value 2"]
     assert first.future.result(0) == "value 0"
-    assert middle.future.result(0) == "value 1"
+    assert waiter.result(0) == "value 1"
+
+
+def test_a_resolved_caller_never_waits_for_its_turn() -> None:
+    """A caller that asks for its result after the commit gets it at once and passes
+    the turn on, even if the callers before it never ask (a broken chain costs at most
+    a timeout, never a hang)."""
+    first, second, third = reqs = _claimed(3)
+    _settle(reqs)  # wakes `first`, which nobody waits on
+    assert third.future.result(0) == "value 2"  # not its turn yet: taken all the same
+    assert second.future.result(0) == "value 1"
+    assert first.future.result(0) == "value 0"
+    for req in reqs:
+        assert req.future.result(0) == f"value {reqs.index(req)}"  # again: still instant
+
+
+def test_a_slow_turn_wakes_everyone_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a turn took longer than SLOW_TURN to reach its caller (another thread held
+    the GIL), that caller wakes all the rest of the chain at once."""
+    from safestore import _requests
+
+    monkeypatch.setattr(_requests, "SLOW_TURN", -1.0)  # every turn counts as slow
+    reqs = _claimed(4)
+    blocked = _probe(reqs[0])
+    results, threads = _waiting(reqs[:1])  # only the first caller waits
+    assert blocked.wait(WAIT)
+    _settle(reqs)  # wakes it: its turn counts as slow, so it wakes 1, 2 and 3 at once
+    _join(threads)
+    assert results == ["value 0"]
+    for i in (1, 2, 3):
+        waiter = reqs[i].future
+        assert isinstance(waiter, Waiter)
+        assert waiter._done.acquire(False), f"caller {i} was not woken"
+        waiter._done.release()
+        assert waiter._next is None
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
