@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._backends import Backend, Outcome
-from ._requests import Request, Waiter
+from ._requests import Request, Turns, Waiter
 from .errors import TimeoutError, translate
 
 
@@ -72,9 +72,16 @@ def run_group(
 
 
 def settle(
-    counters: Counters, live: list[Request], outcomes: list[Outcome], error: BaseException | None
+    counters: Counters,
+    live: list[Request],
+    outcomes: list[Outcome],
+    error: BaseException | None,
+    turns: Turns | None = None,
 ) -> None:
-    """Resolve the futures of a group that `run_group` ran, and count it in the stats."""
+    """Resolve the futures of a group that `run_group` ran, and count it in the stats.
+
+    With `turns` (the writer thread's groups), the callers are woken in turn.
+    """
     writes = [r for r in live if r.is_write]
     if writes:
         if error is not None:
@@ -84,21 +91,26 @@ def settle(
         else:
             counters.commits += 1
             counters.largest_batch = max(counters.largest_batch, len(writes))
-            _wake_in_turn(counters, outcomes)
+            _wake_in_turn(counters, outcomes, turns)
     for req in live:
         if not req.is_write:
             req.future.set_result(None)
 
 
-def _wake_in_turn(counters: Counters, outcomes: list[Outcome]) -> None:
+def _wake_in_turn(counters: Counters, outcomes: list[Outcome], turns: Turns | None) -> None:
     """Resolve a committed group's futures; wake the waiting callers one after another.
 
     See `Waiter`: the writer wakes the first caller only, and each wakes the next.
     concurrent.futures Futures (``wait=False`` calls) are resolved first, in order. The
     chain is then built from the last waiter backwards, so that each link is resolved
     and linked in one step under its own lock; a caller that has stopped waiting is
-    woken at once and left out.
+    woken at once and left out. Without `turns`, or while `turns.skip` says so, all are
+    woken at once.
     """
+    chain = turns if turns is not None and len(outcomes) > 1 else None
+    if chain is not None and chain.skip > 0:
+        chain.skip -= 1
+        chain = None
     waiters: list[tuple[Waiter, Any, BaseException | None]] = []
     then: Waiter | None = None
     try:
@@ -108,15 +120,16 @@ def _wake_in_turn(counters: Counters, outcomes: list[Outcome]) -> None:
             else:
                 counters.failed += 1
             fut = req.future
-            if type(fut) is Waiter:
+            if chain is not None and type(fut) is Waiter:
                 waiters.append((fut, value, req_error))
             elif req_error is None:
                 fut.set_result(value)
             else:
                 fut.set_exception(req_error)
-        for waiter, value, req_error in reversed(waiters):
-            if waiter.finish_in_turn(value, req_error, then):
-                then = waiter
+        if chain is not None:
+            for waiter, value, req_error in reversed(waiters):
+                if waiter.finish_in_turn(value, req_error, then, chain):
+                    then = waiter
     finally:
         if then is not None:  # whatever happened, the chain built so far must move
             then.wake()

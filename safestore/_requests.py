@@ -57,8 +57,25 @@ _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 
 #: A turn that took longer than this to reach its caller means that something else
 #: holds the GIL (a busy thread keeps it for whole switch intervals): the caller then
-#: wakes everyone left in the chain at once instead of one more (see Waiter).
+#: wakes everyone left in the chain at once instead of one more (see Waiter) ...
 SLOW_TURN = 0.001
+#: ... and the next this many groups are woken all at once, before turns are tried
+#: again: with a CPU-bound thread around, every turn would cost a switch interval.
+SLOW_GROUPS = 20
+
+
+class Turns:
+    """Whether a store's writer wakes a group's callers in turn (shared, per store).
+
+    `skip` counts the groups still to be woken all at once; any caller that saw a slow
+    turn sets it, the writer counts it down. A plain int: a lost update between threads
+    only moves the moment turns are tried again.
+    """
+
+    __slots__ = ("skip",)
+
+    def __init__(self) -> None:
+        self.skip = 0
 
 
 class Waiter:
@@ -85,7 +102,8 @@ class Waiter:
     - a caller whose result is already set never waits for its turn: it takes the
       result and passes the turn on at once, and one whose wait times out checks for
       that first, so a broken chain costs at most a timeout, never a hang;
-    - a turn that took longer than `SLOW_TURN` to arrive wakes all the rest at once.
+    - a turn that took longer than `SLOW_TURN` to arrive wakes all the rest at once,
+      and the next `SLOW_GROUPS` groups are woken all at once (`Turns`).
 
     `_next` is taken and cleared under the link's `_state_lock`, so each turn is passed
     on exactly once and every `_done` is released exactly once.
@@ -99,6 +117,7 @@ class Waiter:
         "_state",
         "_state_lock",
         "_turn_at",
+        "_turns",
         "_value",
     )
 
@@ -111,6 +130,7 @@ class Waiter:
         self._error: BaseException | None = None
         self._next: Waiter | None = None  # whom to wake when woken (see finish_in_turn)
         self._turn_at = 0.0  # when its turn was passed to it (time.monotonic())
+        self._turns: Turns | None = None  # its store's policy, while it is a link
         self._abandoned = False  # the caller stopped waiting before the result came
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -157,7 +177,9 @@ class Waiter:
     def set_exception(self, error: BaseException) -> None:
         self._finish(None, error)
 
-    def finish_in_turn(self, value: Any, error: BaseException | None, then: Waiter | None) -> bool:
+    def finish_in_turn(
+        self, value: Any, error: BaseException | None, then: Waiter | None, turns: Turns
+    ) -> bool:
         """Resolve it without waking its caller, who wakes `then` once woken in turn.
 
         Returns False, and wakes the caller at once, if the caller has stopped waiting:
@@ -172,6 +194,7 @@ class Waiter:
                 self._done.release()
                 return False
             self._next = then
+            self._turns = turns
             return True
 
     def wake(self) -> None:
@@ -213,7 +236,10 @@ class Waiter:
                 self._done.release()  # stay released: later waits return at once
                 # First thing, so that the next caller's wake-up overlaps ours.
                 turn_at = self._turn_at
-                self._pass_on(rest=bool(turn_at) and time.monotonic() - turn_at > SLOW_TURN)
+                slow = bool(turn_at) and time.monotonic() - turn_at > SLOW_TURN
+                if slow and self._turns is not None:
+                    self._turns.skip = SLOW_GROUPS
+                self._pass_on(rest=slow)
             elif self._state == _FINISHED:  # resolved meanwhile; its turn is late
                 self._pass_on()
                 woken = True

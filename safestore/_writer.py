@@ -35,7 +35,7 @@ from typing import Any
 
 from ._backends import Backend
 from ._group import Counters, run_group, settle, wait_result
-from ._requests import Request, TxSession, Waiter
+from ._requests import Request, Turns, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
 log = logging.getLogger("safestore")
@@ -102,6 +102,7 @@ class _State:
         self.closed = False
         self.broken: BaseException | None = None
         self.counters = Counters()
+        self.turns = Turns()  # whether groups' callers are woken in turn (see Waiter)
 
     def fail_queued(self, exc_factory: Callable[[], BaseException]) -> None:
         """Fail every request still queued (called once no more can be enqueued)."""
@@ -478,7 +479,7 @@ def _commit_segment(
 ) -> None:
     with guard():
         live, outcomes, error = run_group(backend, conn, segment)
-    settle(state.counters, live, outcomes, error)
+    settle(state.counters, live, outcomes, error, state.turns)
     # Writes withdrawn by callers that timed out or were cancelled raised there.
     state.counters.failed += sum(1 for r in segment if r.is_write and r.future.cancelled())
 

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import WAIT
 
 from safestore import _group
-from safestore._requests import Execute, Request, Waiter
+from safestore._requests import Execute, Request, Turns, Waiter
 
 
 class Interrupted(Exception):
@@ -31,12 +31,14 @@ def _claimed(n: int) -> list[Request]:
     return reqs
 
 
-def _settle(reqs: list[Request], errors: dict[int, BaseException] | None = None) -> None:
+def _settle(
+    reqs: list[Request], errors: dict[int, BaseException] | None = None, turns: Turns | None = None
+) -> None:
     errors = errors or {}
     outcomes = [
         (r, None if i in errors else f"value {i}", errors.get(i)) for i, r in enumerate(reqs)
     ]
-    _group.settle(_group.Counters(), reqs, outcomes, None)
+    _group.settle(_group.Counters(), reqs, outcomes, None, Turns() if turns is None else turns)
 
 
 def _waiting(
@@ -166,11 +168,12 @@ def test_a_slow_turn_wakes_everyone_left(monkeypatch: pytest.MonkeyPatch) -> Non
     from safestore import _requests
 
     monkeypatch.setattr(_requests, "SLOW_TURN", -1.0)  # every turn counts as slow
+    turns = Turns()
     reqs = _claimed(4)
     blocked = _probe(reqs[0])
     results, threads = _waiting(reqs[:1])  # only the first caller waits
     assert blocked.wait(WAIT)
-    _settle(reqs)  # wakes it: its turn counts as slow, so it wakes 1, 2 and 3 at once
+    _settle(reqs, turns=turns)  # wakes it: its turn is slow, so it wakes 1, 2 and 3
     _join(threads)
     assert results == ["value 0"]
     for i in (1, 2, 3):
@@ -179,6 +182,21 @@ def test_a_slow_turn_wakes_everyone_left(monkeypatch: pytest.MonkeyPatch) -> Non
         assert waiter._done.acquire(False), f"caller {i} was not woken"
         waiter._done.release()
         assert waiter._next is None
+    # ... and the next groups are woken all at once, until turns are tried again.
+    assert turns.skip == _requests.SLOW_GROUPS
+    for _ in range(_requests.SLOW_GROUPS):
+        reqs = _claimed(3)
+        _settle(reqs, turns=turns)
+        for req in reqs:
+            assert isinstance(req.future, Waiter) and req.future._done.acquire(False)
+    assert turns.skip == 0
+    reqs = _claimed(3)
+    _settle(reqs, turns=turns)
+    woken = []
+    for req in reqs:
+        assert isinstance(req.future, Waiter)
+        woken.append(req.future._done.acquire(False))
+    assert woken == [True, False, False]  # in turn again: only the first
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -203,7 +221,7 @@ def test_failed_group_and_wait_false_futures_resolve_as_before() -> None:
     reqs = _claimed(3)
     results, threads = _waiting(reqs)
     err = RuntimeError("disk full")
-    _group.settle(_group.Counters(), reqs, [], err)
+    _group.settle(_group.Counters(), reqs, [], err, Turns())
     _join(threads)
     assert results == [err, err, err]
 
@@ -211,5 +229,5 @@ def test_failed_group_and_wait_false_futures_resolve_as_before() -> None:
 def test_finish_in_turn_refuses_a_request_that_is_not_running() -> None:
     waiter = Waiter()
     with pytest.raises(Exception, match="not running"):
-        waiter.finish_in_turn(1, None, None)
+        waiter.finish_in_turn(1, None, None, Turns())
     assert waiter.cancel()
