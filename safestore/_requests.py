@@ -210,21 +210,25 @@ class Waiter:
         self._pass_on()
 
     def _pass_on(self, rest: bool = False) -> None:
-        """Give the turn to the next caller of the chain; with `rest`, to all of them."""
-        link, woken = self, []
+        """Give the turn to the next caller of the chain; with `rest`, to all of them.
+
+        Taking a link's `_next` and releasing it happen together, with no call in
+        between: Python checks for signals after calls, and a KeyboardInterrupt between
+        the two would lose the turn.
+        """
+        now = time.monotonic()
+        link: Waiter = self
         while True:
             with link._state_lock:
-                nxt, link._next = link._next, None
-            if nxt is None:
-                break
-            woken.append(nxt)
+                nxt = link._next
+                if nxt is None:
+                    return
+                link._next = None
+                nxt._turn_at = now
+                nxt._done.release()
             if not rest:
-                break
+                return
             link = nxt
-        now = time.monotonic()
-        for nxt in woken:
-            nxt._turn_at = now
-            nxt._done.release()
 
     def _wait(self, timeout: float | None) -> None:
         try:

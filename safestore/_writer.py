@@ -298,12 +298,13 @@ class QueueEngine:
                 )
             self._check(state)
         state.depth += 1
-        if state.wanted and state.depth >= state.wanted:  # see _State.wait_for_depth
-            state.wanted = 0
-            state.filled.release()
         if req.is_write:
             state.counters.accepted += 1
         state.queue.put(req)
+        # Only now, with the request on the queue, wake a writer waiting for it.
+        if state.wanted and state.depth >= state.wanted:  # see _State.wait_for_depth
+            state.wanted = 0
+            state.filled.release()
 
     @staticmethod
     def _check(state: _State) -> None:

@@ -517,3 +517,30 @@ def test_writer_dying_while_a_group_fills_fails_that_group_at_once(
     for fut in futures:
         with pytest.raises(safestore.StoreError, match="writer thread died"):
             fut.result(WAIT / 3)
+
+
+def test_interrupt_after_waking_the_writer_leaves_the_queue_count_right() -> None:
+    """_enqueue puts the request on the queue before it wakes a lingering writer, so a
+    KeyboardInterrupt delivered just after the wake-up cannot leave the depth counting
+    a request that was never queued (which would stop lending for good)."""
+    from safestore._requests import Flush
+    from safestore._writer import QueueEngine, _State
+
+    state = _State(max_queue=100)
+    state.wanted = 1  # as if the writer were waiting for one request
+    real_filled = state.filled
+
+    class Interrupting:
+        def acquire(self, *args: Any, **kwargs: Any) -> bool:
+            return real_filled.acquire(*args, **kwargs)
+
+        def release(self) -> None:
+            real_filled.release()
+            raise KeyboardInterrupt
+
+    state.filled = Interrupting()  # type: ignore[assignment]
+    req = Flush()
+    with pytest.raises(KeyboardInterrupt):
+        QueueEngine._enqueue(None, state, req, float("inf"))  # type: ignore[arg-type]
+    assert state.depth == 1
+    assert state.queue.get_nowait() is req  # counted and queued: the writer will run it

@@ -231,3 +231,38 @@ def test_finish_in_turn_refuses_a_request_that_is_not_running() -> None:
     with pytest.raises(Exception, match="not running"):
         waiter.finish_in_turn(1, None, None, Turns())
     assert waiter.cancel()
+
+
+def test_an_interrupt_while_passing_the_turn_on_loses_no_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A KeyboardInterrupt inside the hand-over itself (here: at its clock reading) must
+    not lose the turn: the next caller is still woken, not left to its timeout."""
+    import time
+    import types
+
+    from safestore import _requests
+
+    calls = 0
+    real_monotonic = time.monotonic
+
+    def interrupting_monotonic() -> float:
+        nonlocal calls
+        if threading.current_thread() is threading.main_thread():
+            calls += 1
+            if calls == 2:  # the first is the slow-turn check; the second, the hand-over
+                raise KeyboardInterrupt
+        return real_monotonic()
+
+    monkeypatch.setattr(_requests, "time", types.SimpleNamespace(monotonic=interrupting_monotonic))
+    first, second = reqs = _claimed(2)
+    blocked = _probe(second)
+    results, threads = _waiting([second], timeout=WAIT)
+    assert blocked.wait(WAIT)
+    _settle(reqs)
+    with pytest.raises(KeyboardInterrupt):
+        first.future.result(WAIT)
+    started = real_monotonic()
+    _join(threads)
+    assert results == ["value 1"]
+    assert real_monotonic() - started < WAIT / 2, "the next caller waited for its timeout"
