@@ -352,6 +352,19 @@ def test_reader_sees_tables_created_later(store: safestore.Store) -> None:
         store.query("DELETE FROM later")
 
 
+def _held_after_a_group_of_nine(store: safestore.Store) -> Gate:
+    """Make the writer commit a group of 9 requests (8 inserts and a run() function)
+    and stay inside that run() until the returned gate is released."""
+    gate1, _ = freeze(store)
+    for i in range(8):
+        store.insert("t", {"v": f"a{i}"}, wait=False)
+    gate2 = Gate()
+    store.run(gate2.hold, wait=False)
+    gate1.release()
+    assert gate2.entered.wait(WAIT)
+    return gate2
+
+
 @pytest.mark.parametrize("mode", ["queue"], indirect=True)
 @pytest.mark.parametrize("group_target", [4, None])
 def test_writer_stops_waiting_for_stragglers_at_group_target(
@@ -367,13 +380,7 @@ def test_writer_stops_waiting_for_stragglers_at_group_target(
     cls = _duckdb.DuckDBBackend if backend == "duckdb" else _sqlite.SQLiteBackend
     monkeypatch.setattr(cls, "group_target", group_target)
     store = make_store(setup=SCHEMA)
-    gate1, _ = freeze(store)
-    for i in range(8):
-        store.insert("t", {"v": f"a{i}"}, wait=False)
-    gate2 = Gate()
-    store.run(gate2.hold, wait=False)
-    gate1.release()
-    assert gate2.entered.wait(WAIT)  # the previous group: 8 inserts and the run()
+    gate2 = _held_after_a_group_of_nine(store)
     for i in range(5):  # fewer than that, but more than 4
         store.insert("t", {"v": f"b{i}"}, wait=False)
     state = store._engine.state
@@ -500,13 +507,7 @@ def test_writer_dying_while_a_group_fills_fails_that_group_at_once(
     """Requests the writer has taken off the queue but not yet started fail with the
     writer's death at once, not at their timeout, wherever in its loop it dies."""
     store = make_store(setup=SCHEMA)
-    gate1, _ = freeze(store)
-    for i in range(8):
-        store.insert("t", {"v": f"a{i}"}, wait=False)
-    gate2 = Gate()
-    store.run(gate2.hold, wait=False)
-    gate1.release()
-    assert gate2.entered.wait(WAIT)  # the next group will wait for 9 requests
+    gate2 = _held_after_a_group_of_nine(store)  # the next group will wait for 9 requests
     futures = [store.insert("t", {"v": f"b{i}"}, wait=False) for i in range(3)]
 
     def broken(*args: Any) -> None:
