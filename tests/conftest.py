@@ -127,6 +127,22 @@ def count(store: safestore.Store, table: str = "t") -> int:
     return int(row[0])
 
 
+class SignallingLock:
+    """A lock's stand-in that sets `acquiring` when someone starts to acquire it, so a
+    test can act only once a thread really waits on the lock it wraps."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.acquiring = threading.Event()
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        self.acquiring.set()
+        return bool(self.lock.acquire(*args, **kwargs))
+
+    def release(self) -> None:
+        self.lock.release()
+
+
 class Gate:
     """Freeze the writer on demand: `store.run(gate.hold, wait=False)` blocks the
     writer (queue mode) inside its transaction until `release()`."""

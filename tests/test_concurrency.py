@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Gate, count, freeze
+from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, count, freeze
 
 import safestore
 
@@ -413,17 +413,9 @@ def test_lingering_writer_is_woken_by_the_request_that_fills_its_group() -> None
 
     state = _State(max_queue=100)
     real_filled = state.filled
-    waiting = threading.Event()
-
-    class Filled:  # the real lock, plus a signal that the writer has started waiting
-        def acquire(self, *args: Any, **kwargs: Any) -> bool:
-            waiting.set()
-            return real_filled.acquire(*args, **kwargs)
-
-        def release(self) -> None:
-            real_filled.release()
-
-    state.filled = Filled()  # type: ignore[assignment]
+    filled = SignallingLock(real_filled)  # signals that the writer has started waiting
+    waiting = filled.acquiring
+    state.filled = filled  # type: ignore[assignment]
     woken = threading.Event()
 
     def writer() -> None:

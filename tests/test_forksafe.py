@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,24 @@ def test_fork_hook_waits_for_engine_calls_then_warns(
     assert not thread.is_alive()
 
 
+def _held_back_by_a_fork(
+    target: Callable[[], None], started: threading.Event, done: threading.Event
+) -> None:
+    """Run `target` on a thread started inside a fork (between the before- and
+    after-fork hooks) and check that it cannot finish until the fork is over."""
+    _forksafe._before_fork()
+    try:
+        thread = threading.Thread(target=target)
+        thread.start()
+        assert started.wait(WAIT)
+        assert not done.wait(0.3)  # bounded check: it must wait for the fork to end
+    finally:
+        _forksafe._after_fork_in_parent()
+    assert done.wait(WAIT)
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+
 def test_engine_calls_wait_while_the_process_forks(store: safestore.Store) -> None:
     """Between the before- and after-fork hooks, no thread can enter the engine."""
     store.insert("t", {"v": "a"})
@@ -67,18 +86,9 @@ def test_engine_calls_wait_while_the_process_forks(store: safestore.Store) -> No
         seen.append(store.query_one("SELECT count(*) FROM t"))
         done.set()
 
-    _forksafe._before_fork()
-    try:
-        thread = threading.Thread(target=reader)
-        thread.start()
-        assert started.wait(WAIT)
-        # Cannot finish while the hook holds the gates (a new thread waits for the
-        # registry, one with a gate for its gate).
-        assert not done.wait(0.3)
-    finally:
-        _forksafe._after_fork_in_parent()
-    assert done.wait(WAIT)
-    thread.join(WAIT)
+    # Cannot finish while the hook holds the gates (a new thread waits for the
+    # registry, one with a gate for its gate).
+    _held_back_by_a_fork(reader, started, done)
     assert seen == [(1,)]
 
 
@@ -93,16 +103,7 @@ def test_forks_from_two_threads_take_turns() -> None:
         _forksafe._after_fork_in_parent()
         done.set()
 
-    _forksafe._before_fork()
-    try:
-        thread = threading.Thread(target=other_fork)
-        thread.start()
-        assert entered.wait(WAIT)
-        assert not done.wait(0.3)  # bounded check: it must wait for this fork
-    finally:
-        _forksafe._after_fork_in_parent()
-    assert done.wait(WAIT)
-    thread.join(WAIT)
+    _held_back_by_a_fork(other_fork, entered, done)
     assert gc.isenabled() == gc_was
     assert _forksafe._registry.acquire(timeout=WAIT)
     _forksafe._registry.release()

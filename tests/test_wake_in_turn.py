@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import pytest
-from tests.conftest import WAIT
+from tests.conftest import WAIT, SignallingLock
 
 from safestore import _group
 from safestore._requests import Execute, Request, Turns, Waiter
@@ -67,19 +67,9 @@ def _probe(req: Request) -> threading.Event:
     wrapped), so that a test can act only once the caller really waits."""
     waiter = req.future
     assert isinstance(waiter, Waiter)
-    real_done = waiter._done
-    blocked = threading.Event()
-
-    class Probe:
-        def acquire(self, *args: Any, **kwargs: Any) -> bool:
-            blocked.set()
-            return real_done.acquire(*args, **kwargs)
-
-        def release(self) -> None:
-            real_done.release()
-
-    waiter._done = Probe()  # type: ignore[assignment]
-    return blocked
+    probe = SignallingLock(waiter._done)
+    waiter._done = probe  # type: ignore[assignment]
+    return probe.acquiring
 
 
 def _join(threads: list[threading.Thread]) -> None:
