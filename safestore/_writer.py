@@ -419,11 +419,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         batch: list[Item] = [q.get()]
         stop = False
         try:
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
+            _drain(q, batch)
             target = min(expected, cap)
             if len(batch) < target:
                 # The group commit window. The callers released by the previous commit
@@ -436,11 +432,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
                 # without a new request (or LINGER in all), and the next group expects
                 # only as many as came.
                 state.wait_for_depth(target, LINGER, GAP)
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(q.get_nowait())
-                    except queue.Empty:
-                        break
+                _drain(q, batch)
             expected = min(len(batch), MAX_BATCH)
             state.taken(sum(1 for item in batch if item is not STOP))
             segment: list[Request] = []
@@ -468,6 +460,15 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         state.writer_idle(alone=len(batch) == 1)
         if stop:
             # close() flipped `closed` before queueing STOP, so nothing follows it.
+            return
+
+
+def _drain(q: queue.SimpleQueue[Item], batch: list[Item]) -> None:
+    """Move whatever is queued into `batch`, up to MAX_BATCH items, without waiting."""
+    while len(batch) < MAX_BATCH:
+        try:
+            batch.append(q.get_nowait())
+        except queue.Empty:
             return
 
 
