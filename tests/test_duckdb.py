@@ -244,10 +244,33 @@ def test_query_refuses_nextval_and_changes_nothing(make_store: Any) -> None:
 def test_query_refuses_writes_and_settings(store: safestore.Store, sql: str) -> None:
     """Writes and statements that a read-only transaction lets through raise ReadOnlyError."""
     threads = store.query_one("SELECT current_setting('threads')")
-    with pytest.raises(safestore.ReadOnlyError):
-        store.query(sql)
+    for _ in range(2):  # a refusal is never remembered as allowed
+        with pytest.raises(safestore.ReadOnlyError):
+            store.query(sql)
     assert count(store) == 0
     assert store.query_one("SELECT current_setting('threads')") == threads
+
+
+def test_repeated_queries_are_parsed_once(
+    store: safestore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statement check's verdict on an allowed SQL text is reused, not re-parsed."""
+    from safestore._backends import _duckdb_guard
+
+    judged: list[str] = []
+    judge = _duckdb_guard._judge
+
+    def counting(conn: Any, sql: str) -> bool:
+        judged.append(sql)
+        return judge(conn, sql)
+
+    monkeypatch.setattr(_duckdb_guard, "_allowed", {})
+    monkeypatch.setattr(_duckdb_guard, "_judge", counting)
+    store.insert("t", {"v": "a"})
+    for _ in range(3):
+        assert store.query("SELECT v FROM t") == [("a",)]
+        assert store.query("-- nothing") == []
+    assert judged == ["SELECT v FROM t", "-- nothing"]
 
 
 def test_query_refuses_attach_and_copy_without_touching_files(

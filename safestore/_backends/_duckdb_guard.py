@@ -6,7 +6,7 @@ transaction leaves holes: SET, CHECKPOINT, ATTACH, COPY ... TO, TEMP objects, LO
 EXPORT still change the database or the instance's settings. So the statement type is
 checked first: only SELECT-like statements, EXPLAIN, informational PRAGMAs and CALLs
 (except checkpoint) run; anything else raises `ReadOnlyError` having run nothing.
-Stateless, so any thread may call it.
+Any thread may call it: its only state is a cache of the SQL texts it allowed.
 """
 
 from __future__ import annotations
@@ -42,11 +42,31 @@ _PRAGMA_NAME = re.compile(r"\s*pragma\s+(\w+)", re.IGNORECASE)
 _CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b|\bcheckpoint\s*\(", re.IGNORECASE)
 
 
+#: The verdicts on SQL texts `check_read` allowed (True: one statement, False: none).
+#: Readers run the same few queries over and over, and parsing one costs ~80 µs, a tenth
+#: of a small query. The verdict depends on the text alone. Refusals are not kept: they
+#: raise every time. Threads share it safely: each dict operation is atomic under the
+#: GIL, and a lost entry only costs a parse.
+_allowed: dict[str, bool] = {}
+_ALLOWED_MAX = 256
+
+
 def check_read(conn: Any, sql: str) -> bool:
     """Refuse statements a read-only transaction would let change something.
 
     Returns False when `sql` holds no statement at all.
     """
+    verdict = _allowed.get(sql)
+    if verdict is None:
+        verdict = _judge(conn, sql)  # raises if refused
+        if len(_allowed) >= _ALLOWED_MAX:
+            _allowed.clear()
+        _allowed[sql] = verdict
+    return verdict
+
+
+def _judge(conn: Any, sql: str) -> bool:
+    """`check_read` without the cache: parse `sql` on `conn` and judge its statement."""
     try:
         statements = conn.extract_statements(sql)
     except ValueError:  # a statement type this duckdb build cannot name
