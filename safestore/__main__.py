@@ -22,13 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--backend", choices=["sqlite", "duckdb", "both"], default="both")
     bench.add_argument("--durability", choices=["full", "normal", "both"], default="both")
     bench.add_argument("--bulk-rows", type=int, default=100_000, help="rows of the bulk insert")
+    bench.add_argument(
+        "--readers", type=int, default=4, help="reader threads of the 'reads' workload (default 4)"
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from . import _bench
 
-        for name in ("threads", "rows", "bulk_rows"):
+        for name in ("threads", "rows", "bulk_rows", "readers"):
             if getattr(args, name) < 1:
                 parser.error(f"--{name.replace('_', '-')} must be at least 1")
         return _bench.main(
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json,
             args.plot,
             args.bulk_rows,
+            args.readers,
         )
     if args.command == "demo":
         from . import _demo

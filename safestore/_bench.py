@@ -259,76 +259,111 @@ def bench_bulk(folder: Path, backends: list[str], rows: int) -> list[Outcome]:
     return out
 
 
-def bench_reads(folder: Path, backends: list[str], threads: int, rows: int) -> list[Outcome]:
-    """Read latency while idle and during a write storm (queue mode)."""
-    out: list[Outcome] = []
-    readers = 4
-    for backend in backends:
-        out.append(_reads_one(folder, backend, threads, rows, readers))
-    return out
+def bench_reads(
+    folder: Path, backends: list[str], threads: int, rows: int, readers: int
+) -> list[Outcome]:
+    """Read latency of the same readers on an idle store, then during a write storm."""
+    return [_reads_one(folder, backend, threads, rows, readers) for backend in backends]
+
+
+#: The rows written before the readers start; the queries each reader runs while idle.
+SEED, IDLE_READS = 1000, 500
+#: The readers' query reads the seed rows by rowid range: the same work whether the
+#: table holds 1,000 rows (idle) or 11,000 (the end of the storm), so that the two
+#: latencies compare the waiting, not the size of a scan. SQLite numbers rowids from 1,
+#: DuckDB from 0.
+SEED_QUERY = {
+    "sqlite": f"SELECT count(*), max(seq) FROM bench WHERE rowid <= {SEED}",
+    "duckdb": f"SELECT count(*), max(seq) FROM bench WHERE rowid < {SEED}",
+}
+
+
+def _read_phase(
+    store: Store, query: str, readers: int, storm: Callable[[], tuple[float, int]] | None
+) -> tuple[list[float], int, float, int]:
+    """Run `readers` reader threads, each querying 50 times then pausing 1 ms, as
+    dashboards do. Idle (`storm` None), each stops after IDLE_READS queries; otherwise
+    they read while `storm()` writes. Returns (read latencies, wrong or failed reads,
+    the storm's seconds, the storm's write errors)."""
+    stop = threading.Event()
+    started = threading.Barrier(readers + 1)  # the writes start once every reader reads
+    lats: list[list[float]] = [[] for _ in range(readers)]
+    wrong = [0] * readers
+    expect = (SEED, SEED - 1)
+
+    def reader(k: int) -> None:
+        lat = lats[k]
+        started.wait(60)
+        while True:
+            for _ in range(50):
+                t = time.perf_counter()
+                try:
+                    ok = store.query_one(query) == expect
+                except Exception:
+                    ok = False
+                lat.append(time.perf_counter() - t)
+                wrong[k] += not ok
+                if stop.is_set():
+                    return
+            if storm is None and len(lat) >= IDLE_READS:
+                return
+            stop.wait(0.001)
+
+    workers = [threading.Thread(target=reader, args=(k,)) for k in range(readers)]
+    for w in workers:
+        w.start()
+    started.wait(60)
+    elapsed, write_errors = 0.0, 0
+    if storm is not None:  # idle, each reader stops by itself after IDLE_READS
+        elapsed, write_errors = storm()
+        stop.set()
+    for w in workers:
+        w.join()
+    return [x for lat in lats for x in lat], sum(wrong), elapsed, write_errors
 
 
 def _reads_one(folder: Path, backend: str, threads: int, rows: int, readers: int) -> Outcome:
-    """Read latency of one backend: idle, then with `readers` readers during a write storm."""
+    """Read latency of one backend: the readers idle, then during a write storm."""
     suffix = "duckdb" if backend == "duckdb" else "db"
     path = folder / f"reads-{backend}.{suffix}"
-    _progress(f"  reads {backend}: idle, then during a write storm ...")
+    _progress(f"  reads {backend}: {readers} readers idle, then during a write storm ...")
     with Store(path, backend=backend, setup=TABLE, timeout=120) as store:  # type: ignore[arg-type]
-        store.insert("bench", [{"thread": -1, "seq": i, "payload": "seed"} for i in range(1000)])
-        query = "SELECT count(*), max(seq) FROM bench WHERE thread = -1"
-
-        def read_loop(stop: threading.Event, n: int) -> list[float]:
-            lat: list[float] = []
-            for _ in range(n):
-                t = time.perf_counter()
-                store.query_one(query)
-                lat.append(time.perf_counter() - t)
-                if stop.is_set():
-                    break
-            return lat
-
-        idle = read_loop(threading.Event(), 2000)
-        stop = threading.Event()
-        storm_lat: list[list[float]] = [[] for _ in range(readers)]
-
-        def reader(k: int) -> None:
-            while not stop.is_set():
-                storm_lat[k].extend(read_loop(stop, 50))
-                stop.wait(0.001)  # a reader that pauses between queries, as dashboards do
+        store.insert("bench", [{"thread": -1, "seq": i, "payload": "seed"} for i in range(SEED)])
+        query = SEED_QUERY[backend]
 
         def writer(i: int, lat: list[float]) -> int:
             for j in range(rows):
                 store.insert("bench", {"thread": i, "seq": j, "payload": "x" * 16})
             return 0
 
-        rthreads = [threading.Thread(target=reader, args=(k,)) for k in range(readers)]
-        for r in rthreads:
-            r.start()
-        elapsed, _, _ = run_threads(threads, writer)
-        stop.set()
-        for r in rthreads:
-            r.join()
-        storm = [x for lat in storm_lat for x in lat]
+        def storm() -> tuple[float, int]:
+            elapsed, _, errors = run_threads(threads, writer)
+            return elapsed, errors
+
+        idle, idle_wrong, _, _ = _read_phase(store, query, readers, None)
+        during, wrong, elapsed, write_errors = _read_phase(store, query, readers, storm)
     found = _count(backend, path)
     idle_p99 = _percentile(idle, 0.99)
-    storm_p99 = _percentile(storm, 0.99)
+    storm_p99 = _percentile(during, 0.99)
     return Outcome(
         "reads",
         backend,
         "full",
         "safestore queue: reads during writes",
         True,
-        (found - 1000) / elapsed,
-        _percentile(storm, 0.5),
+        (found - SEED) / elapsed,
+        _percentile(during, 0.5),
         storm_p99,
-        0,
+        idle_wrong + wrong + write_errors,
         found,
-        threads * rows + 1000,
+        threads * rows + SEED,
         extra={
             "idle_p50_ms": _percentile(idle, 0.5),
             "idle_p99_ms": idle_p99,
             "p99_over_idle": storm_p99 / idle_p99 if idle_p99 else 0.0,
-            "reads": float(len(storm)),
+            "reads": float(len(during)),
+            "idle_reads": float(len(idle)),
+            "readers": float(readers),
         },
     )
 
@@ -341,6 +376,7 @@ def main(
     json_file: str | None,
     plot_file: str | None,
     bulk_rows: int,
+    readers: int = 4,
 ) -> int:
     """Run every workload and print the table; returns a process exit status."""
     _progress(
@@ -353,7 +389,7 @@ def main(
         results += bench_threads(folder, backends, durabilities, argv_threads, rows, wait=False)
         results += bench_sequential(folder, backends, durabilities, max(rows * 5, 100))
         results += bench_bulk(folder, backends, bulk_rows)
-        results += bench_reads(folder, backends, argv_threads, rows)
+        results += bench_reads(folder, backends, argv_threads, rows, readers)
     set_ratios(results)
     print(render(results))
     if json_file:

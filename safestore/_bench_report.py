@@ -50,14 +50,18 @@ def render(results: list[Outcome]) -> str:
             f"{r.rows_per_s:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {rows:>9} {ratio:>7}"
         )
         if r.extra.get("idle_p99_ms"):
+            idle = f"  the same {r.extra.get('readers', 4):.0f} readers, no writes"
             lines.append(
-                f"{'':<15} {'':<7} {'':<6} {'  idle reads: p99 ' + format(r.extra['idle_p99_ms'], '.2f') + ' ms':<38}"
-                f" {'':>10} {'':>8} {'':>8} {'':>6} {'':>9} {r.extra['p99_over_idle']:>6.1f}x"
+                f"{'':<15} {'':<7} {'':<6} {idle:<38} {'':>10} "
+                f"{r.extra['idle_p50_ms']:>8.2f} {r.extra['idle_p99_ms']:>8.2f} {'':>6} {'':>9} "
+                f"{r.extra['p99_over_idle']:>6.1f}x"
             )
     lines.append(
         "ratio: safestore's rows/s over the best error-free alternative in the same group;"
     )
-    lines.append("       for 'reads': p99 read latency during the write storm over the idle p99.")
+    lines.append(
+        "       for 'reads': the readers' p99 latency during the write storm over their idle p99."
+    )
     return "\n".join(lines)
 
 

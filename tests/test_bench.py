@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,6 +28,8 @@ def test_bench_small_mode(tmp_path: Path) -> None:
             "10",
             "--bulk-rows",
             "500",
+            "--readers",
+            "2",
             "--json",
             str(out),
         ],
@@ -59,16 +63,25 @@ def test_bench_small_mode(tmp_path: Path) -> None:
             assert r["errors"] == 0, r
             if r["workload"] != "reads":
                 assert r["ratio"] is not None or r["workload"] == "threads-nowait", r
+    reads = [r for r in results if r["workload"] == "reads"]
+    assert {r["backend"] for r in reads} == {"sqlite", "duckdb"}
+    for r in reads:  # the same two readers read idle, then during the writes
+        extra = r["extra"]
+        assert extra["readers"] == 2 and extra["reads"] >= 2, r
+        assert extra["idle_reads"] == 2 * 500, r
+        assert 0 < extra["idle_p50_ms"] <= extra["idle_p99_ms"], r
+        assert extra["p99_over_idle"] == pytest.approx(r["p99_ms"] / extra["idle_p99_ms"]), r
 
 
-def test_bench_rejects_bad_numbers() -> None:
-    """--threads 0 is refused with a clear message."""
+@pytest.mark.parametrize("option", ["--threads", "--readers"])
+def test_bench_rejects_bad_numbers(option: str) -> None:
+    """--threads 0 or --readers 0 is refused with a clear message."""
     proc = subprocess.run(
-        [sys.executable, "-m", "safestore", "bench", "--threads", "0"],
+        [sys.executable, "-m", "safestore", "bench", option, "0"],
         capture_output=True,
         text=True,
         timeout=60,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert proc.returncode == 2
-    assert "--threads must be at least 1" in proc.stderr
+    assert f"{option} must be at least 1" in proc.stderr
