@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--durability", choices=["full", "normal", "both"], default="both")
     bench.add_argument("--bulk-rows", type=int, default=100_000, help="rows of the bulk insert")
     bench.add_argument(
-        "--readers", type=int, default=4, help="reader threads of the 'reads' workload (default 4)"
+        "--readers", type=int, default=1, help="reader threads of the 'reads' workload (default 1)"
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")

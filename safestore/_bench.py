@@ -278,70 +278,109 @@ SEED_QUERY = {
 }
 
 
-def _read_phase(
-    store: Store, query: str, readers: int, storm: Callable[[], tuple[float, int]] | None
-) -> tuple[list[float], int, float, int]:
-    """Run `readers` reader threads, each querying 50 times then pausing 1 ms, as
-    dashboards do. Idle (`storm` None), each stops after IDLE_READS queries; otherwise
-    they read while `storm()` writes. Returns (read latencies, wrong or failed reads,
-    the storm's seconds, the storm's write errors)."""
+def _read_latencies(
+    store: Store,
+    query: str,
+    readers: int,
+    storm: Callable[[], float],
+    report: Callable[[str, BaseException], None],
+) -> tuple[list[float], list[float], int, float]:
+    """Time `readers` threads querying on the idle store, then while `storm()` writes.
+
+    Each reader runs 50 queries and pauses 1 ms, as a dashboard does: IDLE_READS
+    queries on the idle store, then again until the storm is over. The same threads,
+    and so the same connections, read in both phases. Returns (idle latencies, storm
+    latencies, wrong or failed reads, the storm's seconds).
+    """
+    idle_done = threading.Barrier(readers + 1)
     stop = threading.Event()
-    started = threading.Barrier(readers + 1)  # the writes start once every reader reads
-    lats: list[list[float]] = [[] for _ in range(readers)]
+    idle: list[list[float]] = [[] for _ in range(readers)]
+    during: list[list[float]] = [[] for _ in range(readers)]
     wrong = [0] * readers
     expect = (SEED, SEED - 1)
 
+    def timed(k: int, lat: list[float]) -> None:
+        t = time.perf_counter()
+        try:
+            ok = store.query_one(query) == expect
+        except Exception as exc:
+            report("a read", exc)
+            ok = False
+        lat.append(time.perf_counter() - t)
+        wrong[k] += not ok
+
     def reader(k: int) -> None:
-        lat = lats[k]
-        started.wait(60)
-        while True:
+        timed(k, [])  # opens this thread's connection: not part of any latency
+        while len(idle[k]) < IDLE_READS:
             for _ in range(50):
-                t = time.perf_counter()
-                try:
-                    ok = store.query_one(query) == expect
-                except Exception:
-                    ok = False
-                lat.append(time.perf_counter() - t)
-                wrong[k] += not ok
+                timed(k, idle[k])
+            stop.wait(0.001)
+        try:
+            idle_done.wait(120)
+        except threading.BrokenBarrierError:
+            return  # the main thread gave up (see below)
+        while not stop.is_set():
+            for _ in range(50):
+                timed(k, during[k])
                 if stop.is_set():
                     return
-            if storm is None and len(lat) >= IDLE_READS:
-                return
             stop.wait(0.001)
 
     workers = [threading.Thread(target=reader, args=(k,)) for k in range(readers)]
     for w in workers:
         w.start()
-    started.wait(60)
-    elapsed, write_errors = 0.0, 0
-    if storm is not None:  # idle, each reader stops by itself after IDLE_READS
-        elapsed, write_errors = storm()
+    elapsed = 0.0
+    try:
+        idle_done.wait(120)  # every reader is done with its idle queries
+        elapsed = storm()
+    finally:
+        # However the storm ended, the readers stop: one still at the barrier is
+        # released by abort(), the others see `stop`.
         stop.set()
-    for w in workers:
-        w.join()
-    return [x for lat in lats for x in lat], sum(wrong), elapsed, write_errors
+        idle_done.abort()
+        for w in workers:
+            w.join()
+    return [x for lat in idle for x in lat], [x for lat in during for x in lat], sum(wrong), elapsed
+
+
+class _FirstFailure:
+    """Shows the first failed call of a run on the progress stream (the table counts
+    them all), so that an error count comes with a cause."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, what: str, exc: BaseException) -> None:
+        if not self.seen:
+            self.seen = True
+            _progress(f"  {what} failed: {exc!r}")
 
 
 def _reads_one(folder: Path, backend: str, threads: int, rows: int, readers: int) -> Outcome:
     """Read latency of one backend: the readers idle, then during a write storm."""
     suffix = "duckdb" if backend == "duckdb" else "db"
     path = folder / f"reads-{backend}.{suffix}"
-    _progress(f"  reads {backend}: {readers} readers idle, then during a write storm ...")
+    _progress(f"  reads {backend}: {readers} reader(s) idle, then during a write storm ...")
+    write_errors = [0] * threads
+    report = _FirstFailure()
     with Store(path, backend=backend, setup=TABLE, timeout=120) as store:  # type: ignore[arg-type]
         store.insert("bench", [{"thread": -1, "seq": i, "payload": "seed"} for i in range(SEED)])
-        query = SEED_QUERY[backend]
 
         def writer(i: int, lat: list[float]) -> int:
             for j in range(rows):
-                store.insert("bench", {"thread": i, "seq": j, "payload": "x" * 16})
-            return 0
+                try:
+                    store.insert("bench", {"thread": i, "seq": j, "payload": "x" * 16})
+                except Exception as exc:
+                    report("a write", exc)
+                    write_errors[i] += 1
+            return write_errors[i]
 
-        def storm() -> tuple[float, int]:
-            elapsed, _, errors = run_threads(threads, writer)
-            return elapsed, errors
+        def storm() -> float:
+            return run_threads(threads, writer)[0]
 
-        idle, idle_wrong, _, _ = _read_phase(store, query, readers, None)
-        during, wrong, elapsed, write_errors = _read_phase(store, query, readers, storm)
+        idle, during, wrong, elapsed = _read_latencies(
+            store, SEED_QUERY[backend], readers, storm, report
+        )
     found = _count(backend, path)
     idle_p99 = _percentile(idle, 0.99)
     storm_p99 = _percentile(during, 0.99)
@@ -354,7 +393,7 @@ def _reads_one(folder: Path, backend: str, threads: int, rows: int, readers: int
         (found - SEED) / elapsed,
         _percentile(during, 0.5),
         storm_p99,
-        idle_wrong + wrong + write_errors,
+        wrong + sum(write_errors),
         found,
         threads * rows + SEED,
         extra={
@@ -376,7 +415,7 @@ def main(
     json_file: str | None,
     plot_file: str | None,
     bulk_rows: int,
-    readers: int = 4,
+    readers: int = 1,
 ) -> int:
     """Run every workload and print the table; returns a process exit status."""
     _progress(

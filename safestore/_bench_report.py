@@ -50,7 +50,8 @@ def render(results: list[Outcome]) -> str:
             f"{r.rows_per_s:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {rows:>9} {ratio:>7}"
         )
         if r.extra.get("idle_p99_ms"):
-            idle = f"  the same {r.extra.get('readers', 4):.0f} readers, no writes"
+            n = int(r.extra.get("readers", 1))
+            idle = f"  the same {n} reader{'s' if n > 1 else ''}, no writes"
             lines.append(
                 f"{'':<15} {'':<7} {'':<6} {idle:<38} {'':>10} "
                 f"{r.extra['idle_p50_ms']:>8.2f} {r.extra['idle_p99_ms']:>8.2f} {'':>6} {'':>9} "

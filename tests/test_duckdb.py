@@ -264,7 +264,6 @@ def test_repeated_queries_are_parsed_once(
         judged.append(sql)
         return judge(conn, sql)
 
-    monkeypatch.setattr(_duckdb_guard, "_allowed", {})
     monkeypatch.setattr(_duckdb_guard, "_judge", counting)
     store.insert("t", {"v": "a"})
     for _ in range(3):

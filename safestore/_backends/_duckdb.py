@@ -110,6 +110,9 @@ class DuckDBBackend(GroupCommit):
         # connection ever has one). Touched only by the thread that holds that
         # connection (the writer, the lock holder, or a transaction's owner).
         self._open: set[int] = set()
+        # The SQL texts query() has checked and allowed (see check_read), shared by
+        # this store's reading threads.
+        self._allowed_reads: dict[str, bool] = {}
         # The subset of `_open` whose BEGIN has not been sent yet. DuckDB's BEGIN never
         # waits (the file lock is held for the connection's life), so it is deferred to
         # the first statement: a group that is one appender flush then runs as one
@@ -322,7 +325,7 @@ class DuckDBBackend(GroupCommit):
     # --- reads -----------------------------------------------------------------------
 
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
-        if not check_read(conn, sql):
+        if not check_read(conn, sql, self._allowed_reads):
             return []
         params = _params(params)
         if shared and id(conn) in self._open:

@@ -6,7 +6,7 @@ transaction leaves holes: SET, CHECKPOINT, ATTACH, COPY ... TO, TEMP objects, LO
 EXPORT still change the database or the instance's settings. So the statement type is
 checked first: only SELECT-like statements, EXPLAIN, informational PRAGMAs and CALLs
 (except checkpoint) run; anything else raises `ReadOnlyError` having run nothing.
-Any thread may call it: its only state is a cache of the SQL texts it allowed.
+Any thread may call it; the only state is each store's memory of the texts it allowed.
 """
 
 from __future__ import annotations
@@ -42,26 +42,27 @@ _PRAGMA_NAME = re.compile(r"\s*pragma\s+(\w+)", re.IGNORECASE)
 _CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b|\bcheckpoint\s*\(", re.IGNORECASE)
 
 
-#: The verdicts on SQL texts `check_read` allowed (True: one statement, False: none).
-#: Readers run the same few queries over and over, and parsing one costs ~80 µs, a tenth
-#: of a small query. The verdict depends on the text alone. Refusals are not kept: they
-#: raise every time. Threads share it safely: each dict operation is atomic under the
-#: GIL, and a lost entry only costs a parse.
-_allowed: dict[str, bool] = {}
-_ALLOWED_MAX = 256
+#: The most SQL texts a store remembers as allowed (see `check_read`).
+ALLOWED_MAX = 256
 
 
-def check_read(conn: Any, sql: str) -> bool:
+def check_read(conn: Any, sql: str, allowed: dict[str, bool]) -> bool:
     """Refuse statements a read-only transaction would let change something.
 
-    Returns False when `sql` holds no statement at all.
+    Returns False when `sql` holds no statement at all. `allowed` is the store's memory
+    of the texts it allowed (True: one statement, False: none): readers run the same
+    few queries over and over, and parsing one costs 20-80 µs, up to a tenth of a small
+    query. Refusals are not kept; they raise every time. The memory is per store, so a
+    store whose setup changes how its connections parse (a parser extension) shares no
+    verdicts with others. Its threads share it safely: each dict operation is atomic
+    under the GIL, and a lost entry only costs a parse.
     """
-    verdict = _allowed.get(sql)
+    verdict = allowed.get(sql)
     if verdict is None:
         verdict = _judge(conn, sql)  # raises if refused
-        if len(_allowed) >= _ALLOWED_MAX:
-            _allowed.clear()
-        _allowed[sql] = verdict
+        if len(allowed) >= ALLOWED_MAX:
+            allowed.clear()
+        allowed[sql] = verdict
     return verdict
 
 
