@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .errors import ProgrammingError
 
@@ -461,17 +461,31 @@ def build_insert(table: object, row_or_rows: object) -> Insert:
         if len(_quoted_cache) >= 512:
             _quoted_cache.clear()
         _quoted_cache[(table, keys)] = (quoted_table, columns)
-    key_set = first.keys()
     # itemgetter pulls a row's values in C (3x faster than a generator on 100k rows);
     # with one key it returns the bare value, not a 1-tuple.
     getter = operator.itemgetter(*keys)
     single = len(keys) == 1
-    values: list[tuple[Any, ...]] = []
-    append = values.append
-    for i, row in enumerate(rows):
-        if (type(row) is not dict and not isinstance(row, Mapping)) or row.keys() != key_set:
-            _bad_row(table, i, row, keys)
-        append((getter(row),) if single else getter(row))  # type: ignore[arg-type]
+    values: list[tuple[Any, ...]] | None = None
+    dicts = cast("Sequence[dict[Any, Any]]", rows)
+    if len(rows) > 1 and set(map(type, rows)) == {dict} and set(map(len, dicts)) == {len(keys)}:
+        # Plain dicts with as many keys as row 0: each has exactly row 0's keys if
+        # itemgetter finds them all. Checked and converted in C, twice as fast as the
+        # loop below for a large insert.
+        try:
+            values = list(map(getter, dicts))
+        except KeyError:
+            values = None  # a row with other keys: the loop below names it
+        else:
+            if single:
+                values = [(v,) for v in values]
+    if values is None:
+        values = []
+        key_set = first.keys()
+        append = values.append
+        for i, row in enumerate(rows):
+            if (type(row) is not dict and not isinstance(row, Mapping)) or row.keys() != key_set:
+                _bad_row(table, i, row, keys)
+            append((getter(row),) if single else getter(row))  # type: ignore[arg-type]
     return Insert(quoted_table, columns, values)
 
 

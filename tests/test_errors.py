@@ -100,6 +100,9 @@ def test_hostile_identifiers_are_quoted(store: safestore.Store, name: str) -> No
         ("t", [{"v": "a"}, ("b",)], TypeError, "row 1"),
         ("t", [{"v": "a"}, {"n": 1}], safestore.ProgrammingError, "same keys"),
         ("t", [{"v": "a"}, {"v": "b", "n": 1}], safestore.ProgrammingError, "same keys"),
+        # Same number of keys, other names, further down: the row is named.
+        ("t", [{"v": "a", "n": 1}] * 3 + [{"v": "b", "x": 1}], safestore.ProgrammingError, "row 3"),
+        ("t", [{"v": "a"}, {"v": "b"}, ["c"]], TypeError, "row 2"),
         ("t", {1: "a"}, TypeError, "column name"),
         ("t", {"v\x00": "a"}, safestore.ProgrammingError, "NUL"),
         ("t", {"v": "\ud800"}, safestore.DatabaseError, ""),

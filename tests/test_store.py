@@ -38,6 +38,19 @@ def test_insert_columns_in_any_order(store: safestore.Store) -> None:
     assert store.query("SELECT v, n FROM t ORDER BY n") == [("a", 1), ("b", 2)]
 
 
+def test_insert_many_one_column_and_other_mappings(store: safestore.Store) -> None:
+    """Many one-column rows, and rows that are mappings but not dicts, insert as given."""
+    from types import MappingProxyType
+
+    store.insert("t", [{"v": str(i)} for i in range(300)])
+    assert store.query_one("SELECT count(*), min(v), max(v) FROM t") == (300, "0", "99")
+    store.insert("t", [{"v": "x", "n": 1}, MappingProxyType({"n": 2, "v": "y"})])
+    assert store.query("SELECT v, n FROM t WHERE n IS NOT NULL ORDER BY n") == [
+        ("x", 1),
+        ("y", 2),
+    ]
+
+
 def test_execute_returns_result(store: safestore.Store) -> None:
     """execute() reports rowcount and RETURNING rows."""
     store.insert("t", [{"id": i, "v": str(i), "n": i} for i in range(1, 6)])
