@@ -51,7 +51,7 @@ def render(results: list[Outcome]) -> str:
         )
         if r.extra.get("idle_p99_ms"):
             n = int(r.extra.get("readers", 1))
-            idle = f"  the same {n} reader{'s' if n > 1 else ''}, no writes"
+            idle = f"  the same {n} readers, no writes" if n > 1 else "  the same reader, no writes"
             lines.append(
                 f"{'':<15} {'':<7} {'':<6} {idle:<38} {'':>10} "
                 f"{r.extra['idle_p50_ms']:>8.2f} {r.extra['idle_p99_ms']:>8.2f} {'':>6} {'':>9} "
