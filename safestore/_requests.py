@@ -466,15 +466,22 @@ def build_insert(table: object, row_or_rows: object) -> Insert:
     getter = operator.itemgetter(*keys)
     single = len(keys) == 1
     values: list[tuple[Any, ...]] | None = None
-    dicts = cast("Sequence[dict[Any, Any]]", rows)
-    if len(rows) > 1 and set(map(type, rows)) == {dict} and set(map(len, dicts)) == {len(keys)}:
+    dicts = cast("list[dict[Any, Any]]", rows)
+    if (
+        type(rows) in (list, tuple)  # walked three times: only real sequences
+        and len(rows) > 1
+        and set(map(type, rows)) == {dict}
+        and set(map(len, dicts)) == {len(keys)}
+    ):
         # Plain dicts with as many keys as row 0: each has exactly row 0's keys if
         # itemgetter finds them all. Checked and converted in C, twice as fast as the
         # loop below for a large insert.
         try:
             values = list(map(getter, dicts))
-        except KeyError:
-            values = None  # a row with other keys: the loop below names it
+        except (KeyError, TypeError):
+            # A row with other keys, or one replaced meanwhile by another thread: the
+            # loop below names it.
+            values = None
         else:
             if single:
                 values = [(v,) for v in values]

@@ -51,6 +51,27 @@ def test_insert_many_one_column_and_other_mappings(store: safestore.Store) -> No
     ]
 
 
+def test_insert_walks_other_sequences_once(store: safestore.Store) -> None:
+    """A Sequence that is not a list or tuple is iterated once, however it iterates."""
+    from collections.abc import Sequence
+
+    class OneShot(Sequence[dict[str, Any]]):  # every iter() continues the same iterator
+        def __init__(self, rows: list[dict[str, Any]]) -> None:
+            self._rows, self._it = rows, iter(rows)
+
+        def __len__(self) -> int:
+            return len(self._rows)
+
+        def __getitem__(self, i: Any) -> Any:
+            return self._rows[i]
+
+        def __iter__(self) -> Any:
+            return self._it
+
+    assert store.insert("t", OneShot([{"v": str(i)} for i in range(3)])).rowcount == 3
+    assert count(store) == 3
+
+
 def test_execute_returns_result(store: safestore.Store) -> None:
     """execute() reports rowcount and RETURNING rows."""
     store.insert("t", [{"id": i, "v": str(i), "n": i} for i in range(1, 6)])
