@@ -127,6 +127,30 @@ def count(store: safestore.Store, table: str = "t") -> int:
     return int(row[0])
 
 
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a new thread and return its result (or raise its exception).
+
+    The thread is a daemon and the wait is bounded by WAIT: a hang fails the test
+    instead of stalling the run.
+    """
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:
+            out.append(("err", exc))
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(WAIT)
+    assert not t.is_alive(), "the call did not return"
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
+
+
 class SignallingLock:
     """A lock's stand-in that sets `acquiring` when someone starts to acquire it, so a
     test can act only once a thread really waits on the lock it wraps."""

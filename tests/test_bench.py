@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.conftest import in_thread
 
 import safestore
 from safestore import _bench
@@ -98,23 +97,6 @@ def _seeded(path: Path) -> safestore.Store:
     return store
 
 
-def _in_thread(fn: Any) -> dict[str, Any]:
-    """Run fn() on a daemon thread, so that a hang fails the test instead of the run."""
-    out: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as exc:
-            out["error"] = exc
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(120)
-    assert not t.is_alive(), "the readers did not stop"
-    return out
-
-
 def test_bench_readers_stop_when_the_storm_fails(tmp_path: Path) -> None:
     """A storm that raises (an interrupt, say) still stops the readers; nothing hangs."""
 
@@ -123,20 +105,19 @@ def test_bench_readers_stop_when_the_storm_fails(tmp_path: Path) -> None:
 
     with _seeded(tmp_path / "r.db") as store:
         query = _bench.SEED_QUERY["sqlite"]
-        out = _in_thread(lambda: _bench._read_latencies(store, query, 2, storm, lambda *a: None))
-    assert "storm failed" in repr(out.get("error"))
+        with pytest.raises(RuntimeError, match="storm failed"):
+            in_thread(lambda: _bench._read_latencies(store, query, 2, storm, lambda *a: None))
 
 
 def test_bench_counts_wrong_reads(tmp_path: Path) -> None:
     """Every read that returns a wrong answer is counted, idle and during the storm."""
     failures: list[str] = []
     with _seeded(tmp_path / "r.db") as store:
-        out = _in_thread(
+        idle, during, wrong, _ = in_thread(
             lambda: _bench._read_latencies(
                 store, "SELECT 1, 2", 2, lambda: 0.0, lambda what, exc: failures.append(what)
             )
         )
-    idle, during, wrong, _ = out["value"]
     assert len(idle) == 2 * _bench.IDLE_READS
     assert wrong == len(idle) + len(during) + 2  # and each reader's untimed first read
     assert failures == []  # wrong answers, not failed calls

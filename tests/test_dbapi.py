@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, db_path
+from tests.conftest import SCHEMA, WAIT, db_path, in_thread
 
 import safestore
 from safestore import dbapi
@@ -39,26 +38,6 @@ def connect(tmp_path: Path, backend: str, mode: str) -> Iterator[Callable[..., d
 def conn(connect: Callable[..., dbapi.Connection]) -> dbapi.Connection:
     """A connection with table t(id auto-assigned, v TEXT UNIQUE, n INTEGER)."""
     return connect(setup=SCHEMA)
-
-
-def in_thread(fn: Callable[[], Any]) -> Any:
-    """Run `fn` in a new thread and return its result (or raise its exception)."""
-    out: list[Any] = []
-
-    def target() -> None:
-        try:
-            out.append(("ok", fn()))
-        except BaseException as exc:
-            out.append(("err", exc))
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join(WAIT)
-    assert not t.is_alive()
-    kind, value = out[0]
-    if kind == "err":
-        raise value
-    return value
 
 
 # --- the module ------------------------------------------------------------------------
