@@ -37,6 +37,7 @@ from .errors import (
     OperationalError,
     ProgrammingError,
     ReadOnlyError,
+    StoreError,
     Warning,
 )
 
@@ -199,6 +200,11 @@ class Connection:
                 self._local.tx = None
                 ttx.rollback()
             raise self._misuse("ProgrammingError", "Cannot operate on a closed database.")
+        if self._store._forked():
+            raise StoreError(
+                "this connection was opened in the parent process and cannot be used "
+                "after fork(); connect again in the child"
+            )
         if self._notes:
             self._flush_notes()
 

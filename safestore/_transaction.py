@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from . import _lifecycle
 from ._backends import Backend
 from ._forksafe import gate
 from ._requests import Execute, ExecuteMany, Request, Result, TxSession, build_insert
@@ -27,9 +28,20 @@ class Transaction:
         self._backend = backend
         self._session = session
         self.writes = 0  # write calls made in the block, for the store's stats
+        self._generation = _lifecycle.fork_generation  # changes in a forked child
+
+    def _check_fork(self) -> None:
+        # A process forked inside the block inherits the open transaction: committing
+        # (or running anything) there would commit the parent's unfinished work.
+        if self._generation != _lifecycle.fork_generation:
+            raise StoreError(
+                "this transaction was opened in the parent process and cannot be used "
+                "after fork(); nothing of it is committed from the child"
+            )
 
     def _use(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(conn)` while holding the session (see TxSession's handover protocol)."""
+        self._check_fork()
         s = self._session
         with s.lock:
             if s.expired:
@@ -87,6 +99,7 @@ class Transaction:
     # --- used by Store.transaction() ----------------------------------------------------
 
     def _commit(self) -> None:
+        self._check_fork()
         s = self._session
         with s.lock:
             if s.expired:
@@ -110,7 +123,9 @@ class Transaction:
     def _rollback(self) -> None:
         s = self._session
         with s.lock:
-            if not s.expired and s.conn is not None:
+            # In a forked child the connection is the parent's: leave it alone.
+            forked = self._generation != _lifecycle.fork_generation
+            if not s.expired and s.conn is not None and not forked:
                 self._backend.rollback(s.conn)
             s.done.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,28 @@ def in_thread(fn: Callable[[], Any]) -> Any:
     if kind == "err":
         raise value
     return value
+
+
+def fork_and_report(fn: Callable[[], str]) -> str:
+    """Run fn in a forked child; return what it reported through a pipe."""
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            msg = fn()
+        except BaseException as exc:
+            msg, code = f"child raised {exc!r}", 1
+        os.write(w, msg.encode())
+        os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        out = f.read()
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out
 
 
 class SignallingLock:

@@ -9,14 +9,13 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, count, db_path, freeze
+from tests.conftest import SCHEMA, WAIT, count, db_path, fork_and_report, freeze
 
 import safestore
 from safestore import _writer
@@ -215,28 +214,6 @@ def test_writer_death_fails_everyone_at_once(
     store.close()
 
 
-def _fork_and_report(fn: Callable[[], str]) -> str:
-    """Run fn in a forked child; return what it reported through a pipe."""
-    r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 0
-        try:
-            msg = fn()
-        except BaseException as exc:
-            msg, code = f"child raised {exc!r}", 1
-        os.write(w, msg.encode())
-        os._exit(code)
-    os.close(w)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(r) as f:
-        out = f.read()
-    assert os.waitstatus_to_exitcode(status) == 0, out
-    return out
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_fork_child_gets_clear_error(store: safestore.Store, tmp_path: Path) -> None:
     """After fork the child gets StoreError from the parent's store; a new store works."""
@@ -261,7 +238,35 @@ def test_fork_child_gets_clear_error(store: safestore.Store, tmp_path: Path) -> 
             assert fresh.query("SELECT a FROM c") == [(1,)]
         return first
 
-    out = _fork_and_report(child)
+    out = fork_and_report(child)
     assert out.startswith("refused:") and "fork" in out
     store.insert("t", {"v": "parent again"})
     assert sorted(r[0] for r in store.query("SELECT v FROM t")) == ["parent", "parent again"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_inside_a_transaction_commits_nothing_from_the_child(store: safestore.Store) -> None:
+    """A child forked inside a transaction() block can neither use nor commit it."""
+    block = store.transaction()
+    tx = block.__enter__()
+    tx.insert("t", {"v": "parent, uncommitted"})
+
+    def child() -> str:
+        try:
+            tx.insert("t", {"v": "child"})
+        except safestore.StoreError:
+            pass
+        else:
+            return "tx.insert went through"
+        try:
+            block.__exit__(None, None, None)  # leaving the block normally commits
+        except safestore.StoreError as exc:
+            return f"refused: {exc}"
+        return "the block committed in the child"
+
+    out = fork_and_report(child)
+    assert out.startswith("refused:") and "fork" in out
+    assert block.__exit__(RuntimeError, RuntimeError("changed my mind"), None) is False
+    assert store.query("SELECT v FROM t") == []
+    store.insert("t", {"v": "parent again"})
+    assert store.query("SELECT v FROM t") == [("parent again",)]
