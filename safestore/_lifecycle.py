@@ -28,8 +28,9 @@ fork_generation = 0
 live: weakref.WeakSet[Store] = weakref.WeakSet()
 
 # Engines and readers inherited by a forked child. Kept referenced for the child's
-# whole life so their connections are never closed (or checkpointed) there: closing a
-# SQLite connection in the child could delete the parent's WAL under it.
+# whole life so that the connections the backend could not close safely (see
+# `release_in_child`) are never closed, or checkpointed, there: a SQLite connection's
+# last close checkpoints and deletes the parent's WAL under it.
 _orphaned: list[Any] = []
 _pinned = False  # whether _orphaned has its never-dropped reference
 

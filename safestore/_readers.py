@@ -121,6 +121,11 @@ class Readers:
         finally:
             entry.use.release()
 
+    def connections(self) -> list[Any]:
+        """Every read connection still open (for the fork hook, in the child)."""
+        with self._lock:
+            return [e.conn for e in self._entries if not e.closed]
+
     def open_count(self) -> int:
         """How many read connections are open (for tests and stats)."""
         with self._lock:

@@ -8,6 +8,7 @@ and fork hooks are in `_lifecycle`). No SQL lives here.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -38,6 +39,8 @@ from ._requests import (
 from ._transaction import Transaction
 from ._writer import QueueEngine
 from .errors import ReadOnlyError, StoreClosedError, StoreError, translate
+
+log = logging.getLogger("safestore")
 
 T = TypeVar("T")
 Params = Sequence[Any] | Mapping[str, Any]
@@ -420,8 +423,15 @@ class Store:
             )
 
     def _detach_after_fork(self) -> tuple[Any, ...]:
-        """In a forked child: never finalize this store; return what must stay alive."""
+        """In a forked child: never finalize this store, close the inherited connections
+        the backend can safely close, and return what must stay alive."""
         self._finalizer.detach()
+        backend = self._engine_backend
+        for conn in [*self._readers.connections(), self._engine.conn]:
+            try:
+                backend.release_in_child(conn)
+            except Exception:  # keeping a connection open is the safe failure
+                log.debug("closing an inherited connection in a forked child failed")
         return (self._engine, self._readers)
 
     def _forked(self) -> bool:

@@ -552,6 +552,59 @@ def test_fork_child_leaves_parent_files_byte_identical(store: safestore.Store) -
     assert count(store) == 2
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_child_store_on_the_same_file_survives_the_parent_closing(
+    tmp_path: Path, backend: str, mode: str
+) -> None:
+    """A child's new Store on the parent's file keeps every acknowledged write when the
+    parent closes its store meanwhile (SQLite: the inherited connections must not leave
+    the child without real file locks, or the parent's close deletes the WAL)."""
+    import select
+    import warnings
+
+    path = db_path(tmp_path, backend)
+    if backend == "duckdb":
+        pytest.skip("DuckDB allows one writing process per file")
+    if sys.version_info < (3, 12):
+        pytest.skip("needs sqlite3's Connection.setconfig (Python 3.12+), see processes.md")
+    parent = safestore.Store(path, mode=mode, setup="CREATE TABLE t (who TEXT, n INTEGER)")
+    parent.insert("t", {"who": "parent", "n": 0})
+    assert count(parent) == 1  # a read connection too, inherited by the child
+    to_parent_r, to_parent_w = os.pipe()
+    to_child_r, to_child_w = os.pipe()
+
+    def wait_byte(fd: int) -> bytes:
+        assert select.select([fd], [], [], WAIT)[0], "the other process did not answer"
+        return os.read(fd, 100)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            with safestore.Store(path, mode=mode) as mine:
+                for n in range(1, 51):
+                    mine.insert("t", {"who": "child", "n": n})
+                    if n == 10:
+                        os.write(to_parent_w, b"10")  # the parent closes now
+                        wait_byte(to_child_r)
+                seen = count(mine)
+            os.write(to_parent_w, str(seen).encode())
+        finally:
+            os._exit(0)
+    assert wait_byte(to_parent_r) == b"10"
+    parent.close()
+    os.write(to_child_w, b"go")
+    seen = wait_byte(to_parent_r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert seen == b"51"
+    with safestore.Store(path, mode=mode) as after:
+        assert after.query("SELECT count(*) FROM t WHERE who = 'child'") == [(50,)]
+    for fd in (to_parent_r, to_parent_w, to_child_r, to_child_w):
+        os.close(fd)
+
+
 # --- exit -----------------------------------------------------------------------------
 
 EXIT_HARD_CHILD = """

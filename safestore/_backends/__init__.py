@@ -83,6 +83,9 @@ class Backend(Protocol):
     def in_transaction(self, conn: Any) -> bool:
         """Whether a transaction is open on `conn`."""
 
+    def release_in_child(self, conn: Any) -> bool:
+        """In a forked child, close inherited `conn` if that is safe; True if closed."""
+
     def apply(self, conn: Any, request: Request) -> Any:
         """Execute one request inside the open transaction, without isolation.
 

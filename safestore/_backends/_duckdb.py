@@ -175,6 +175,12 @@ class DuckDBBackend(GroupCommit):
         except Exception as exc:  # closing must not mask the reason we are closing
             log.warning("closing a DuckDB connection failed: %s", exc)
 
+    def release_in_child(self, conn: Any) -> bool:
+        # Never: destroying the inherited database instance checkpoints into the
+        # parent's file (and crashed the child). DuckDB's lock is not POSIX-inherited
+        # bookkeeping, so keeping it open does not fool the child's own stores.
+        return False
+
     def interrupt(self, conn: Any) -> None:
         try:
             conn.interrupt()

@@ -132,6 +132,23 @@ class SQLiteBackend:
         except Exception:  # already closed: nothing to interrupt
             pass
 
+    def release_in_child(self, conn: Any) -> bool:
+        # SQLite keeps its file-lock records per process, shared by every connection to
+        # one file. Left open in a forked child, inherited connections make a Store the
+        # child opens on the same file believe it holds locks the kernel never gave it
+        # (POSIX locks are not inherited), so the parent, closing its last connection,
+        # would checkpoint and delete the WAL under the child's acknowledged writes.
+        # Closed without the checkpoint a last connection runs (that would delete the
+        # parent's WAL under it), which needs Connection.setconfig (Python 3.12+); on
+        # 3.11 they stay open. Never with a write transaction open (a fork between a
+        # group's BEGIN and COMMIT): its rollback would edit the wal-index the parent
+        # shares.
+        if conn.in_transaction or not hasattr(conn, "setconfig"):
+            return False
+        conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        self.close(conn)
+        return True
+
     # --- transactions ----------------------------------------------------------------
 
     def _retry_busy(self, fn: Any) -> Any:
