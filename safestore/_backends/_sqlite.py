@@ -143,9 +143,10 @@ class SQLiteBackend:
         # 3.11 they stay open. Never with a write transaction open (a fork between a
         # group's BEGIN and COMMIT): its rollback would edit the wal-index the parent
         # shares.
-        if conn.in_transaction or not hasattr(conn, "setconfig"):
+        no_checkpoint = getattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", None)
+        if conn.in_transaction or no_checkpoint is None:
             return False
-        conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        conn.setconfig(no_checkpoint, True)
         self.close(conn)
         return True
 
