@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -240,3 +241,31 @@ def test_lock_mode_close_defers_to_owner(tmp_path: Path, backend: str) -> None:
     assert conn.store.closed
     with safestore.Store(db_path(tmp_path, backend), backend=backend) as store:
         assert store.query("SELECT count(*) FROM t") == [(0,)]
+
+
+def test_a_statement_that_rolls_back_its_transaction_fails_only_itself(tmp_path: Path) -> None:
+    """INSERT OR ROLLBACK ends the whole group's transaction; the others still commit."""
+    from tests.conftest import freeze
+
+    store = safestore.Store(db_path(tmp_path, "sqlite"), timeout=WAIT, setup=SCHEMA)
+    conn = dbapi.connect(store, isolation_level=None)
+    conn.execute("INSERT INTO t (v) VALUES ('taken')")
+    gate, held = freeze(store)
+    culprit = Worker(lambda: conn.execute("INSERT OR ROLLBACK INTO t (v) VALUES ('taken')"))
+    innocents = [
+        Worker(lambda v=v: conn.execute("INSERT INTO t (v) VALUES (?)", (v,)))  # type: ignore[misc]
+        for v in ("a", "b", "c")
+    ]
+    deadline = time.monotonic() + WAIT
+    while store.stats().queue_depth < 4:  # all four in the next group
+        assert time.monotonic() < deadline, "the statements never queued"
+        threading.Event().wait(0.001)
+    gate.release()
+    assert held.result(WAIT) == "held"
+    with pytest.raises(sqlite3.IntegrityError):
+        culprit.join()
+    for w in innocents:
+        w.join()
+    assert values(conn) == ["a", "b", "c", "taken"]
+    conn.close()
+    store.close()

@@ -228,8 +228,12 @@ class SQLiteBackend:
             self.commit(conn)
         except sqlite3.Error:
             self.rollback(conn)
-            if any(isinstance(r, Run) for r in requests):
-                raise  # a run() function must not run twice: the group fails as a whole
+            if any(isinstance(r, Run) and not r.lendable for r in requests):
+                # A user's run() function must not run twice: the group fails as a
+                # whole. safestore's own statement runners (LendableRun, one DB-API
+                # statement each) have no effect outside the rolled-back transaction,
+                # so they are retried like any other request.
+                raise
             # The transaction as a whole failed, so the savepoints could not isolate the
             # culprit: SQLITE_FULL or an I/O error can roll back the entire transaction,
             # and a deferred constraint fails only at COMMIT. Nothing is committed, so
