@@ -105,7 +105,15 @@ class ThreadTx:
         # backend.apply(Run) sends DuckDB's deferred BEGIN and records a failure for the
         # error COMMIT will raise; on SQLite it just calls fn.
         req = Run(fn, args, {})
-        out: Outcome = self.tx._use(lambda conn: backend.apply(conn, req))
+        try:
+            out: Outcome = self.tx._use(lambda conn: backend.apply(conn, req))
+        except BaseException:
+            if self.session.lost is not None:
+                # The engine ended the transaction (sqlite3 then reports
+                # in_transaction False): end the thread's, so that its next statement
+                # opens a new one, as with sqlite3.
+                self.rollback()
+            raise
         return out
 
     # --- ending ----------------------------------------------------------------------

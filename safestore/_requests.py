@@ -375,6 +375,7 @@ class TxSession(Request):
         "idle_timeout",
         "last_used",
         "lock",
+        "lost",
     )
     is_write = False
 
@@ -387,6 +388,9 @@ class TxSession(Request):
         self.error: BaseException | None = None
         self.abandoned = False
         self.expired = False
+        #: The error of the statement after which the engine had rolled the whole
+        #: transaction back (SQLite's ROLLBACK conflict clause, a full disk), if any.
+        self.lost: BaseException | None = None
         self.idle_timeout = idle_timeout
         self.last_used = time.monotonic()
 

@@ -51,11 +51,18 @@ class Transaction:
                 )
             if s.done.is_set() or s.conn is None:
                 raise StoreError("this transaction has already ended")
+            if s.lost is not None:
+                raise _lost_error(s.lost)
             s.last_used = time.monotonic()
             try:
                 with gate():  # fn may call the engine directly (the DB-API's runners)
                     return fn(s.conn)
             except Exception as exc:
+                if not self._backend.in_transaction(s.conn):
+                    # The engine rolled the whole transaction back (SQLite: a ROLLBACK
+                    # conflict clause, RAISE(ROLLBACK), a full disk). Later statements
+                    # would autocommit one by one: refuse them and the commit.
+                    s.lost = exc
                 new = translate(exc)
                 if new is exc:
                     raise
@@ -107,6 +114,8 @@ class Transaction:
                     f"this transaction was rolled back, not committed: it was idle for more "
                     f"than {s.idle_timeout:.1f}s while other writes waited"
                 )
+            if s.lost is not None:
+                raise _lost_error(s.lost)
             s.last_used = time.monotonic()
             try:
                 self._backend.commit(s.conn)
@@ -128,6 +137,15 @@ class Transaction:
             if not s.expired and s.conn is not None and not forked:
                 self._backend.rollback(s.conn)
             s.done.set()
+
+
+def _lost_error(cause: BaseException) -> StoreError:
+    err = StoreError(
+        f"this transaction was rolled back by the engine when a statement failed "
+        f"({cause}); nothing of it will be committed"
+    )
+    err.__cause__ = cause
+    return err
 
 
 Transaction.__module__ = "safestore"

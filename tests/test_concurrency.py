@@ -6,10 +6,11 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, count, freeze
+from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, count, db_path, freeze
 
 import safestore
 
@@ -189,6 +190,37 @@ def test_failed_statement_inside_transaction_raises_engine_error(store: safestor
         tx.insert("t", {"v": "b"})
         tx.insert("t", {"v": "a"})
     assert store.query("SELECT v FROM t") == [("a",)]
+
+
+@pytest.mark.parametrize("clause", ["conflict", "raise"])
+def test_transaction_the_engine_rolled_back_commits_nothing(
+    tmp_path: Path, mode: str, clause: str
+) -> None:
+    """A statement that makes SQLite roll back the whole transaction (a ROLLBACK
+    conflict clause, RAISE(ROLLBACK)) ends the block's atomicity: later statements and
+    the commit are refused instead of autocommitting one by one."""
+    schema = (
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+        "CREATE TRIGGER refuse BEFORE INSERT ON t WHEN NEW.v = 'refused'"
+        " BEGIN SELECT RAISE(ROLLBACK, 'refused'); END;"
+        "INSERT INTO t VALUES (1, 'before');"
+    )
+    failing = {
+        "conflict": "INSERT OR ROLLBACK INTO t VALUES (1, 'dup')",
+        "raise": "INSERT INTO t VALUES (2, 'refused')",
+    }[clause]
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        with pytest.raises(safestore.StoreError, match="rolled back by the engine"):
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (10, 'a')")
+                with pytest.raises(safestore.DatabaseError):
+                    tx.execute(failing)
+                with pytest.raises(safestore.StoreError, match="rolled back by the engine"):
+                    tx.execute("INSERT INTO t VALUES (11, 'b')")
+                # Leaving the block normally would commit: refused too.
+        assert store.query("SELECT v FROM t") == [("before",)]
+        store.insert("t", {"v": "after"})
+        assert count(store) == 2
 
 
 def test_others_wait_while_transaction_open(store: safestore.Store) -> None:

@@ -423,3 +423,30 @@ def test_uri_read_only(tmp_path: Path) -> None:
         conn.close()
     with pytest.raises(dbapi.NotSupportedError, match="cache"):
         dbapi.connect(f"file:{path}?cache=shared", uri=True)
+
+
+def test_a_rolled_back_transaction_ends_as_in_sqlite3(tmp_path: Path, mode: str) -> None:
+    """After INSERT OR ROLLBACK ends the thread's transaction, the connection behaves
+    as sqlite3's: no transaction, the next write opens a new one, rollback undoes it."""
+
+    def scenario(connect: Callable[[str], Any], path: str) -> list[Any]:
+        c = connect(path)
+        c.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+        c.execute("INSERT INTO t VALUES (1)")
+        c.commit()
+        c.execute("INSERT INTO t VALUES (2)")
+        with pytest.raises(sqlite3.IntegrityError):
+            c.execute("INSERT OR ROLLBACK INTO t VALUES (1)")
+        seen: list[Any] = [c.in_transaction]
+        c.execute("INSERT INTO t VALUES (3)")
+        c.rollback()
+        c.execute("INSERT INTO t VALUES (4)")
+        c.commit()
+        seen.append(c.execute("SELECT x FROM t ORDER BY x").fetchall())
+        c.close()
+        return seen
+
+    expected = scenario(sqlite3.connect, str(tmp_path / "raw.db"))
+    assert expected == [False, [(1,), (4,)]]
+    ours = scenario(lambda p: dbapi.connect(p, mode=mode, timeout=WAIT), str(tmp_path / "ours.db"))
+    assert ours == expected
