@@ -43,8 +43,21 @@ def _close_all_at_exit() -> None:
     so the writer threads (daemons) are still alive to drain their queues.
     """
     for store in list(live):  # emptied in a forked child by _after_fork_in_child
+        # Queue mode waits for the writer to commit everything queued. Lock mode has
+        # nothing queued: it only waits for the thread holding the lock, which may be
+        # a daemon thread inside a transaction, or one that is gone for good (a thread
+        # pool that exit tears down while one of its threads holds the lock), so that
+        # wait is bounded by the store's timeout.
+        timeout = None if store.mode == "queue" else store._timeout
         try:
-            store.close()
+            store.close(timeout)
+        except TimeoutError:
+            log.warning(
+                "at exit, another thread still held the lock of %r after %.1fs; its "
+                "uncommitted transaction is discarded",
+                store,
+                store._timeout,
+            )
         except Exception:  # keep closing the others
             log.exception("closing %r at exit failed", store)
 

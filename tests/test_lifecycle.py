@@ -176,6 +176,42 @@ def test_exit_without_close_loses_nothing(tmp_path: Path, backend: str, mode: st
         assert count(store) == 2000
 
 
+EXIT_WITH_OPEN_TRANSACTION = """
+    import sys, threading
+    import safestore
+    store = safestore.Store(
+        sys.argv[1], mode=sys.argv[2], timeout=2, setup="CREATE TABLE t (v INTEGER)"
+    )
+    store.insert("t", {"v": 1})
+    inside = threading.Event()
+
+    def stuck():
+        with store.transaction() as tx:
+            tx.insert("t", {"v": 2})
+            inside.set()
+            threading.Event().wait()  # blocked for good, the block never ends
+
+    threading.Thread(target=stuck, daemon=True).start()
+    assert inside.wait(30)
+    print("exiting", flush=True)
+    # no close(): the interpreter exits with the daemon thread inside its block
+"""
+
+
+def test_exit_with_a_daemon_thread_inside_a_transaction(
+    tmp_path: Path, backend: str, mode: str
+) -> None:
+    """A daemon thread stuck in a transaction block does not hold the exit up for long
+    (queue mode: its idle timeout; lock mode: the store's timeout, for the lock), and
+    only its uncommitted block is lost."""
+    path = db_path(tmp_path, backend)
+    proc = run_script(EXIT_WITH_OPEN_TRANSACTION, path, mode, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "exiting" in proc.stdout
+    with safestore.Store(path) as store:
+        assert store.query("SELECT v FROM t") == [(1,)]
+
+
 def test_unused_store_exits_at_once(tmp_path: Path, backend: str) -> None:
     """A program that opened a store and never used it exits promptly and cleanly."""
     proc = run_script(
