@@ -239,6 +239,17 @@ def test_query_refuses_nextval_and_changes_nothing(make_store: Any) -> None:
         "SELECT * FROM checkpoint()",
         "PRAGMA enable_profiling",
         "LOAD json",
+        # EXPLAIN ANALYZE runs what it explains; calls hidden behind quotes or comments
+        "EXPLAIN ANALYZE SET threads = 1",
+        "EXPLAIN ANALYZE CREATE TEMP TABLE tmp AS SELECT 1 AS a",
+        "EXPLAIN ANALYZE INSERT INTO t (v) VALUES ('x')",
+        "EXPLAIN ANALYZE CHECKPOINT",
+        "EXPLAIN (ANALYZE) SET threads = 1",
+        'CALL "checkpoint"()',
+        "CALL checkpoint/**/()",
+        "CALL enable_logging()",
+        "SELECT * FROM enable_profiling()",
+        "SELECT * FROM query('CHECKPOINT')",
     ],
 )
 def test_query_refuses_writes_and_settings(store: safestore.Store, sql: str) -> None:
@@ -272,16 +283,34 @@ def test_repeated_queries_are_parsed_once(
     assert judged == ["SELECT v FROM t", "-- nothing"]
 
 
+def test_query_allows_explaining_reads_and_informational_calls(store: safestore.Store) -> None:
+    """EXPLAIN (ANALYZE) of a read and informational table functions still run."""
+    store.insert("t", {"v": "a"})
+    for sql in (
+        "EXPLAIN SELECT v FROM t",
+        "EXPLAIN ANALYZE SELECT v FROM t",
+        "CALL pragma_version()",
+        "SELECT count(*) FROM duckdb_tables()",
+    ):
+        assert store.query(sql)
+
+
 def test_query_refuses_attach_and_copy_without_touching_files(
     store: safestore.Store, tmp_path: Path
 ) -> None:
     """ATTACH and COPY ... TO would create files even in a read-only transaction."""
     attached, copied = tmp_path / "other.duckdb", tmp_path / "out.csv"
-    for sql in (f"ATTACH '{attached}' AS o", f"COPY t TO '{copied}'"):
+    explained = tmp_path / "explained.csv"
+    for sql in (
+        f"ATTACH '{attached}' AS o",
+        f"COPY t TO '{copied}'",
+        f"EXPLAIN ANALYZE COPY (SELECT 42) TO '{explained}'",
+    ):
         with pytest.raises(safestore.ReadOnlyError):
             store.query(sql)
     assert not attached.exists()
     assert not copied.exists()
+    assert not explained.exists()
 
 
 def test_query_one_statement_and_transaction_control(store: safestore.Store) -> None:
@@ -301,6 +330,33 @@ def test_execute_refuses_transaction_control(store: safestore.Store) -> None:
         store.execute("BEGIN; INSERT INTO t (v) VALUES ('x'); COMMIT")
     store.insert("t", {"v": "ok"})
     assert count(store) == 1
+
+
+def test_explain_analyze_cannot_end_a_group_or_a_block(store: safestore.Store) -> None:
+    """EXPLAIN ANALYZE COMMIT/ROLLBACK would run the COMMIT: refused in a group and in
+    a transaction() block, and every row of the group is written exactly once."""
+    gate, held = freeze(store)
+    futs = [
+        store.insert("t", {"v": "a"}, wait=False),
+        store.execute("EXPLAIN ANALYZE COMMIT", wait=False),
+        store.insert("t", {"v": "b"}, wait=False),
+        store.execute("EXPLAIN ANALYZE ROLLBACK", wait=False),
+        store.insert("t", {"v": "c"}, wait=False),
+    ]
+    gate.release()
+    assert held.result(WAIT) == "held"
+    for i, fut in enumerate(futs):
+        if i % 2:
+            assert isinstance(fut.exception(WAIT), safestore.ProgrammingError)
+        else:
+            assert fut.result(WAIT).rowcount == 1
+    assert sorted(store.query("SELECT v FROM t")) == [("a",), ("b",), ("c",)]
+    with pytest.raises(RuntimeError, match="undo"), store.transaction() as tx:
+        tx.insert("t", {"v": "d"})
+        with pytest.raises(safestore.ProgrammingError):
+            tx.execute("EXPLAIN ANALYZE COMMIT")
+        raise RuntimeError("undo the block")
+    assert count(store) == 3
 
 
 # --- group commit and failure isolation ---------------------------------------------

@@ -47,6 +47,7 @@ import duckdb
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
 from ..errors import ProgrammingError, translate
 from . import Outcome
+from ._duckdb_guard import explained
 
 log = logging.getLogger("safestore")
 
@@ -253,6 +254,10 @@ class GroupCommit:
             return None
         try:
             statements = conn.extract_statements(req.sql)
+            # EXPLAIN ANALYZE COMMIT runs the COMMIT it explains.
+            for explain in [s for s in statements if s.type == _ST.EXPLAIN]:
+                inner = explained(explain.query)
+                statements += conn.extract_statements(inner) if inner else []
         except (duckdb.Error, ValueError):
             return None  # let the engine report it when the statement runs
         if any(s.type == _ST.TRANSACTION for s in statements):

@@ -39,7 +39,27 @@ _INFO_PRAGMAS = {
     "version",
 }
 _PRAGMA_NAME = re.compile(r"\s*pragma\s+(\w+)", re.IGNORECASE)
-_CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b|\bcheckpoint\s*\(", re.IGNORECASE)
+_CHECKPOINT = re.compile(r"^\s*(force\s+)?checkpoint\b", re.IGNORECASE)
+# Table functions that change the database, the instance or its settings even inside
+# a read-only transaction (or run SQL text of their own), wherever they are called.
+_SIDE_EFFECTS = re.compile(
+    r"\b(checkpoint|force_checkpoint|copy_database|import_database|add_parquet_key"
+    r"|(?:create|destroy|register|deregister)_external_resource(?:_type)?"
+    r"|truncate_duckdb_logs|verify_parallelism|json_execute_serialized_sql|query"
+    r"|(?:enable|disable)_\w+)\s*\(",
+    re.IGNORECASE,
+)
+_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)
+# EXPLAIN ANALYZE runs the statement it explains; plain EXPLAIN only plans it.
+_EXPLAIN = re.compile(
+    r"^\s*explain\s+(?:analy[sz]e\b|\([^)]*\))?\s*(.*)$", re.IGNORECASE | re.DOTALL
+)
+
+
+def explained(sql: str) -> str | None:
+    """The statement an EXPLAIN statement's text explains (None if it cannot tell)."""
+    match = _EXPLAIN.match(_COMMENTS.sub(" ", sql))
+    return match.group(1) if match else None
 
 
 #: The most SQL texts a store remembers as allowed (see `check_read`).
@@ -82,8 +102,14 @@ def _judge(conn: Any, sql: str) -> bool:
     allowed = stmt is not None and stmt.type in _READ_TYPES
     if allowed and stmt is not None:
         text = stmt.query
-        if _CHECKPOINT.search(text):
+        # Comments and identifier quotes out of the way: `"checkpoint"/**/()` is
+        # still a call of checkpoint (a false alarm in a string literal only refuses).
+        bare = _COMMENTS.sub(" ", text).replace('"', "")
+        if _CHECKPOINT.search(bare) or _SIDE_EFFECTS.search(bare):
             allowed = False
+        elif stmt.type == _ST.EXPLAIN:
+            inner = explained(text)
+            allowed = inner is not None and _judge(conn, inner)
         elif stmt.type == _ST.PRAGMA:
             match = _PRAGMA_NAME.match(text)
             allowed = match is not None and match.group(1).lower() in _INFO_PRAGMAS
