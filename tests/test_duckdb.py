@@ -678,3 +678,15 @@ def test_engine_errors_reach_callers_dual_class(store: safestore.Store) -> None:
             call()
         assert isinstance(info.value, safe_cls), (engine_cls, type(info.value).__mro__)
     assert count(store) == 1
+
+
+def test_errors_that_mention_read_only_keep_their_class(store: safestore.Store) -> None:
+    """Only the engine's refusal of a write is ReadOnlyError; other errors whose text
+    says "read only" keep their own (dual) class."""
+    with pytest.raises(duckdb.ConversionException) as info:
+        store.query("SELECT 'read-only'::INTEGER")
+    assert isinstance(info.value, safestore.DataError)
+    assert not isinstance(info.value, safestore.ReadOnlyError)
+    with pytest.raises(duckdb.BinderException) as binder:
+        store.query('SELECT "read only" FROM t')
+    assert not isinstance(binder.value, safestore.ReadOnlyError)

@@ -71,7 +71,8 @@ register_mapping(duckdb.SequenceException, DataError)  # a sequence ran out of v
 
 _ST = duckdb.StatementType
 _PID = re.compile(r"\(PID (\d+)\)")
-_READ_ONLY_MSG = re.compile(r"read[- ]only", re.IGNORECASE)
+# DuckDB's refusal of a write inside a read-only transaction (a TransactionException).
+_READ_ONLY_MSG = re.compile(r"transaction is launched in read-only mode")
 _DML_TYPES = {_ST.INSERT, _ST.UPDATE, _ST.DELETE, _ST.MERGE_INTO}
 
 
@@ -351,7 +352,7 @@ class DuckDBBackend(GroupCommit):
             rows = Rows(conn.fetchall(), conn.description)
         except duckdb.Error as exc:
             self._end_read(conn, "ROLLBACK")
-            if _READ_ONLY_MSG.search(str(exc)):
+            if isinstance(exc, duckdb.TransactionException) and _READ_ONLY_MSG.search(str(exc)):
                 raise ReadOnlyError(
                     f"query() runs read-only statements; this one would change the "
                     f"database ({exc}): {sql[:200]!r}"
