@@ -35,6 +35,11 @@ class LockEngine:
         self.closed = False
         self.counters = Counters()
         self.accept_lock = threading.Lock()  # guards counters.accepted
+        #: The thread running a write call under the lock, if any (written under it).
+        #: The lock is reentrant, so a store call from inside that write (a run()
+        #: function, an SQL function) would otherwise start a write inside its
+        #: transaction; Store refuses it with `running_here`.
+        self._runner: int | None = None
 
     def acquire(self, deadline: float) -> None:
         """Take the lock by `deadline` or raise TimeoutError; raise if closed."""
@@ -53,6 +58,7 @@ class LockEngine:
         """
         self.acquire(deadline)
         try:
+            self._runner = threading.get_ident()
             if req.is_write:
                 with self.accept_lock:
                     self.counters.accepted += 1
@@ -61,7 +67,12 @@ class LockEngine:
             settle(self.counters, *run_group(self.backend, self.conn, [req]))
             return req.future
         finally:
+            self._runner = None
             self.lock.release()
+
+    def running_here(self) -> bool:
+        """Whether the calling thread is inside a write call of this store."""
+        return self._runner == threading.get_ident()
 
     def begin_session(self, session: TxSession, deadline: float) -> None:
         """Take the lock for the length of a transaction block and begin it."""

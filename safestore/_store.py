@@ -408,6 +408,13 @@ class Store:
             )
         engine = self._engine
         if not isinstance(engine, QueueEngine):
+            if engine.running_here():
+                # Lock mode: the lock is reentrant, so the call would run inside the
+                # write's transaction and be undone with it.
+                raise StoreError(
+                    f"{what} from inside a run() function or a running write would run "
+                    "inside that write's transaction; use the `conn` run() was given"
+                )
             return
         if threading.get_ident() == engine.thread.ident:
             raise StoreError(

@@ -78,9 +78,22 @@ def test_waiting_on_itself_is_refused_at_once(make_store: Callable[..., safestor
         for call in (store.flush, store.close, lambda: store.insert("t", {"v": "b"})):
             with pytest.raises(safestore.StoreError, match="transaction"):
                 call()
-    if store.mode == "queue":
+    # Queue mode: the writer would wait for itself. Lock mode: the lock is reentrant,
+    # so the write would run inside the run() function's transaction and be undone
+    # with it, after having been acknowledged.
+    calls = (
+        lambda: store.execute("DELETE FROM t"),
+        lambda: store.insert("t", {"v": "inner"}, wait=False),
+        store.flush,
+        store.transaction().__enter__,
+    )
+    for call in calls:
+
+        def fn(conn: Any, call: Callable[[], Any] = call) -> None:
+            call()
+
         with pytest.raises(safestore.StoreError, match="run\\(\\) function"):
-            store.run(lambda conn: store.execute("DELETE FROM t"))
+            store.run(fn)
     assert time.monotonic() - start < WAIT / 2
     assert store.query("SELECT v FROM t") == [("a",)]
 
