@@ -102,9 +102,15 @@ class LockEngine:
         self.lock.release()
 
     def close(self, timeout: float | None) -> None:
-        """Wait for the call in progress, then close the connection."""
-        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(f"a call still held the store's lock after {timeout:.1f}s")
+        """Wait for the call in progress, then close the connection.
+
+        Nothing is queued in lock mode, so there is nothing to wait for but the thread
+        holding the lock, which may never let go (stuck in a transaction, or waiting
+        for this very close): without `timeout` the wait is bounded by the store's.
+        """
+        limit = self.timeout if timeout is None else timeout
+        if not self.lock.acquire(timeout=limit):
+            raise TimeoutError(f"a call still held the store's lock after {limit:.1f}s")
         try:
             if not self.closed:
                 self.closed = True

@@ -204,7 +204,8 @@ class Store:
         if deadline is None:
             deadline = time.monotonic() + self._timeout
         if not wait:
-            req.future = Future()  # the caller gets a real concurrent.futures.Future
+            if type(req.future) is not Future:  # AsyncStore brings its own
+                req.future = Future()  # the caller gets a real concurrent.futures.Future
             return self._engine.submit(req, deadline)
         waiter = req.future
         try:

@@ -204,6 +204,9 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         store = self._store
         deadline = time.monotonic() + self._timeout
+        # The future exists before the request leaves this thread, so that a
+        # cancellation at any moment cancels the one the engine will look at.
+        req.future = Future()
         handed_off: asyncio.Future[Any] | None = None
         if self._queued:
             try:
@@ -290,6 +293,7 @@ class AsyncStore:
     async def flush(self, timeout: float | None = None) -> None:
         """Return once every write accepted before this call has committed or failed."""
         self._check_open()
+        self._refuse_in_block("flush()")
         await self._in_pool(self._store.flush, timeout)
 
     async def close(self, timeout: float | None = None) -> None:
@@ -298,18 +302,28 @@ class AsyncStore:
         Idempotent; later calls raise `StoreClosedError`. The work runs on a thread and
         is not interrupted if the awaiting task is cancelled.
         """
+        self._refuse_in_block("close()")
         with self._close_lock:
-            if self._closing is None:
+            failed = (
+                self._closing is not None
+                and self._closing.done()
+                and (self._closing.exception() is not None)
+            )
+            if self._closing is None or failed:
+                # A close that timed out is tried again, as with Store.close().
                 self._closing = _start_thread(self._close_now, timeout)
             closing = self._closing
         await asyncio.shield(asyncio.wrap_future(closing))
 
     def _close_now(self, timeout: float | None) -> None:
+        # Calls still queued for a helper thread then run and raise StoreClosedError
+        # (the store is closed); cancelling them would end tasks nobody cancelled.
         try:
             self._store.close(timeout)
-        finally:
-            # Reads still queued fail (the store is closed); running ones end soon.
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            self._pool.shutdown(wait=False)  # a close that timed out returns on time
+            raise
+        self._pool.shutdown(wait=True)
 
     async def stats(self) -> Stats:
         """A snapshot of the store's counters (never waits; a coroutine to mirror the
@@ -326,6 +340,13 @@ class AsyncStore:
 
     def _in_block(self) -> bool:
         return bool(self._block_tasks) and asyncio.current_task() in self._block_tasks
+
+    def _refuse_in_block(self, what: str) -> None:
+        if self._in_block():
+            raise StoreError(
+                f"{what} inside this task's open transaction() would wait for the block "
+                "itself; finish the block first"
+            )
 
     def _check_open(self) -> None:
         if self.closed:

@@ -479,6 +479,11 @@ def test_store_calls_inside_own_block_are_refused(make_astore: Make) -> None:
             if astore.mode == "lock":
                 with pytest.raises(safestore.StoreError, match="tx"):
                     await astore.query("SELECT 1")
+            # flush() and close() would wait for the block itself (lock mode: forever).
+            for call in (astore.flush, astore.close):
+                with pytest.raises(safestore.StoreError, match="block"):
+                    await call()
+        assert not astore.closed
         assert await astore.query("SELECT v FROM t") == [("a",)]
         with pytest.raises(safestore.StoreError, match="ended"):
             await tx.insert("t", {"v": "c", "n": 3})
@@ -498,5 +503,67 @@ def test_other_tasks_writes_wait_for_a_block(make_astore: Make) -> None:
             assert not other.done()
         await asyncio.wait_for(other, WAIT)
         assert await astore.query("SELECT v FROM t ORDER BY v") == [("a",), ("b",)]
+
+    run(main())
+
+
+def test_close_that_times_out_fails_queued_calls_and_can_be_retried(make_astore: Make) -> None:
+    """A close(timeout) that times out returns on time; a call still waiting for a
+    helper thread then raises StoreClosedError (it is not cancelled), and a later
+    close() finishes the job."""
+    astore = make_astore(threads=1)
+    blocker = Blocker(astore)
+
+    async def main() -> None:
+        # The only helper thread waits in flush() (for the writer, or for the lock),
+        # and the query waits for that thread.
+        busy = asyncio.create_task(astore.flush())
+        queued = asyncio.create_task(astore.query("SELECT 1"))
+        await spin()
+        with pytest.raises(safestore.TimeoutError):
+            await astore.close(timeout=0.2)
+        blocker.release()
+        await asyncio.gather(busy, return_exceptions=True)
+        with pytest.raises(safestore.StoreClosedError):
+            await queued
+        assert not queued.cancelled()
+        await astore.close()  # tried again, and this time it completes
+        assert astore.closed
+        with pytest.raises(safestore.StoreClosedError):
+            await astore.query("SELECT 1")
+
+    run(main())
+
+
+def test_write_cancelled_while_handed_to_a_helper_is_withdrawn(
+    make_astore: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation that lands while a helper thread is about to submit the write
+    withdraws it: the future the engine looks at is the one the task cancelled."""
+    astore = make_astore(max_queue=1)
+    blocker = Blocker(astore)
+    if astore.mode == "queue":
+        astore.store.insert("t", {"v": "fills the queue", "n": 0}, wait=False)
+    on_helper, go_on = threading.Event(), threading.Event()
+    check = safestore.Store._check_usable
+
+    def paused(store: safestore.Store) -> None:
+        if threading.current_thread().name.startswith("safestore-aio"):
+            on_helper.set()
+            assert go_on.wait(WAIT)
+        check(store)
+
+    async def main() -> None:
+        monkeypatch.setattr(safestore.Store, "_check_usable", paused)
+        task = asyncio.create_task(astore.insert("t", {"v": "cancelled", "n": 1}))
+        assert await asyncio.to_thread(on_helper.wait, WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        go_on.set()
+        blocker.release()
+        await astore.flush()
+        assert await astore.query("SELECT v FROM t WHERE v = 'cancelled'") == []
 
     run(main())
