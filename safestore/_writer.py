@@ -316,7 +316,19 @@ class QueueEngine:
     def begin_session(self, session: TxSession, deadline: float) -> None:
         """Queue a transaction and wait until the writer hands over its connection."""
         self.submit(session, deadline)
-        if session.granted.wait(max(0.0, deadline - time.monotonic())):
+        try:
+            granted = session.granted.wait(max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            # Interrupted while waiting (KeyboardInterrupt): give the session up, or
+            # the writer would hand its connection to nobody and hold everyone else's
+            # writes until the idle timeout.
+            with session.lock:
+                if not session.granted.is_set():
+                    session.future.cancel()
+                    session.abandoned = True
+                session.done.set()  # granted meanwhile: the writer rolls it back
+            raise
+        if granted:
             if session.error is not None:
                 raise session.error
             return

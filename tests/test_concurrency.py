@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, count, db_path, freeze
+from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, count, db_path, freeze, in_thread
 
 import safestore
 
@@ -473,6 +473,41 @@ def test_lingering_writer_is_woken_by_the_request_that_fills_its_group() -> None
     assert time.monotonic() - started < WAIT / 2
     assert state.wanted == 0 and real_filled.locked()
     state.wait_for_depth(3, WAIT, WAIT)  # already deep enough: returns at once
+
+
+@pytest.mark.parametrize("mode", ["queue"], indirect=True)
+def test_interrupted_wait_for_a_transaction_gives_it_up(
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt while transaction() waits for the writer withdraws the
+    session: the writer does not hand its connection to nobody while others wait."""
+    import time
+
+    from safestore import _requests
+
+    store = make_store(setup=SCHEMA, timeout=10.0)
+    gate, held = freeze(store)
+
+    class InterruptedWait(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    init = _requests.TxSession.__init__
+
+    def interrupted_session(self: _requests.TxSession, idle_timeout: float) -> None:
+        init(self, idle_timeout)
+        self.granted = InterruptedWait()
+
+    monkeypatch.setattr(_requests.TxSession, "__init__", interrupted_session)
+    with pytest.raises(KeyboardInterrupt), store.transaction():
+        pass
+    monkeypatch.undo()
+    gate.release()
+    assert held.result(WAIT) == "held"
+    start = time.monotonic()
+    in_thread(lambda: store.insert("t", {"v": "after"}))
+    assert time.monotonic() - start < 5.0  # not the 10 s idle timeout of a lost session
+    assert count(store) == 1
 
 
 @pytest.mark.parametrize("mode", ["queue"], indirect=True)
