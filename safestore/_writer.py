@@ -473,6 +473,10 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
         if stop:
             # close() flipped `closed` before queueing STOP, so nothing follows it.
             return
+        # Let go of the finished requests before blocking in q.get(): a run() function
+        # (a bound method) can hold its store, which must stay collectable when the
+        # program forgets it.
+        del batch, segment, item
 
 
 def _drain(q: queue.SimpleQueue[Item], batch: list[Item]) -> None:
