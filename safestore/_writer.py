@@ -44,6 +44,9 @@ log = logging.getLogger("safestore")
 MAX_BATCH = 5000
 #: Longest the writer waits for a group to fill back up to the previous group's size.
 LINGER = 0.002
+#: How often the writer looks for waiting writes while a transaction it lent its
+#: connection to has been idle past its timeout (see _serve_session).
+IDLE_CHECK = 0.05
 #: ... and it stops waiting once no request has come for this long. Woken in turn, the
 #: callers of a busy store come back every 20-50 microseconds; callers that do other
 #: work between writes come back much later, and waiting for them only adds latency
@@ -457,7 +460,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
                 if isinstance(item, TxSession):
                     _commit_segment(state, backend, conn, segment, guard)
                     segment = []
-                    _serve_session(backend, conn, item, guard)
+                    _serve_session(backend, conn, item, guard, state)
                 else:
                     segment.append(item)
             _commit_segment(state, backend, conn, segment, guard)
@@ -507,11 +510,14 @@ def _serve_session(
     conn: Any,
     session: TxSession,
     guard: Callable[[], AbstractContextManager[Any]],
+    state: _State,
 ) -> None:
     """Hand the connection to a transaction's owner and wait for it to finish.
 
     While the owner holds the connection the writer takes nothing else off the queue:
     that is how other threads' writes wait (queued, not failed) during a transaction.
+    A transaction idle past its timeout is rolled back only once another write is
+    waiting for it (checked every IDLE_CHECK): idling harms no one until then.
     """
     if not session.future.set_running_or_notify_cancel():
         return  # the owner gave up before we got here
@@ -531,8 +537,14 @@ def _serve_session(
             session.granted.set()
         while True:
             left = session.last_used + session.idle_timeout - time.monotonic()
-            if left > 0 and session.done.wait(left):
-                break
+            if left > 0:
+                if session.done.wait(left):
+                    break
+                continue
+            if not state.depth:  # idle, but nobody waits for it (yet)
+                if session.done.wait(IDLE_CHECK):
+                    break
+                continue
             with session.lock:
                 if session.done.is_set():
                     break

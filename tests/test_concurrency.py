@@ -276,6 +276,21 @@ def test_idle_transaction_is_rolled_back(make_store: Callable[..., safestore.Sto
     assert store.query("SELECT v FROM t") == [("other",)]
 
 
+def test_idle_transaction_nobody_waits_for_is_kept(
+    make_store: Callable[..., safestore.Store],
+) -> None:
+    """Queue mode: past its idle timeout, a transaction that holds up no other write is
+    not rolled back: idling harms no one (the expiry exists to free waiting writes)."""
+    store = make_store(setup=SCHEMA, timeout=0.3)
+    if store.mode == "lock":
+        pytest.skip("lock mode has no writer to expire a transaction")
+    with store.transaction() as tx:
+        tx.insert("t", {"v": "a"})
+        threading.Event().wait(0.8)  # idle well past the timeout (the subject here)
+        tx.insert("t", {"v": "b"})
+    assert sorted(store.query("SELECT v FROM t")) == [("a",), ("b",)]
+
+
 def test_full_queue_times_out_and_writes_nothing(
     make_store: Callable[..., safestore.Store],
 ) -> None:

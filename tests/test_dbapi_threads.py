@@ -144,19 +144,24 @@ def test_dead_thread_transaction_is_rolled_back(
 
 
 def test_idle_transaction_expires(tmp_path: Path, backend: str) -> None:
-    """Queue mode: a transaction idle past `timeout` is rolled back; its commit says so."""
+    """Queue mode: a transaction idle past `timeout` while another thread's write waits
+    is rolled back; the waiting write goes on, and the owner's commit says so."""
     conn = dbapi.connect(db_path(tmp_path, backend), backend=backend, timeout=0.5, setup=SCHEMA)
     try:
         conn.execute("INSERT INTO t (v) VALUES ('a')")
         session = conn._local.tx.session
+        # wait=False: its future waits as long as it takes (a waiting call would time
+        # out at about the moment the expiry frees it, both timeouts being equal).
+        other = Worker(lambda: conn._store.insert("t", {"v": "other"}, wait=False))
         assert session.done.wait(WAIT)  # the writer expired it
+        assert other.join().result(WAIT).rowcount == 1
         assert session.expired
         assert not conn.in_transaction
         with pytest.raises(safestore.StoreError, match="rolled back"):
             conn.commit()
         conn.execute("INSERT INTO t (v) VALUES ('b')")
         conn.commit()
-        assert values(conn) == ["b"]
+        assert values(conn) == ["b", "other"]
     finally:
         conn.close()
 
