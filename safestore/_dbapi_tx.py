@@ -84,7 +84,7 @@ class ThreadTx:
         self.tx = Transaction(store._engine_backend, self.session)
         # A direct store write from this thread now would wait for this very transaction:
         # make it fail at once instead (the flag Store.transaction() uses).
-        store._tx_local.active = True
+        store._tx_local.session = self.session
         self.finalizer: weakref.finalize[Any, Any] | None = None
 
     def watch(self, token: Token) -> None:
@@ -136,7 +136,7 @@ class ThreadTx:
         finally:
             self.store._engine.end_session(self.session)
             if threading.get_ident() == self.owner:
-                self.store._tx_local.active = False
+                self.store._tx_local.session = None
             self._on_end(self)
 
     def commit(self) -> None:

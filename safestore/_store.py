@@ -116,7 +116,10 @@ class Store:
         self._generation = _lifecycle.fork_generation  # changes in a forked child
         self._closed = False
         self._lock = threading.Lock()  # guards _closed
-        self._tx_local = threading.local()  # .active: this thread has an open transaction()
+        # .session: the TxSession of this thread's open transaction() (or DB-API
+        # transaction); it counts while its `done` is not set, so that one ended from
+        # another thread (a DB-API connection closed there) frees this thread too.
+        self._tx_local = threading.local()
         in_memory = name == "sqlite" and path == ":memory:"
         self._engine_backend: Backend = open_backend(
             name,
@@ -294,7 +297,7 @@ class Store:
         self._check_usable()
         if self._read_only:
             raise ReadOnlyError(f"the store {self._path!r} was opened with read_only=True")
-        if getattr(self._tx_local, "active", False):
+        if self._in_own_transaction():
             raise StoreError("transactions do not nest: this thread already has one open")
         self._refuse_waiting_on_itself("transaction()")
         session = TxSession(self._timeout)
@@ -304,7 +307,7 @@ class Store:
         except Exception as exc:
             raise translate(exc) from exc.__cause__
         tx = Transaction(self._engine_backend, session)
-        self._tx_local.active = True
+        self._tx_local.session = session
         try:
             try:
                 yield tx
@@ -319,7 +322,7 @@ class Store:
                 raise
             self._record_tx(tx.writes, committed=True)
         finally:
-            self._tx_local.active = False
+            self._tx_local.session = None
             self._engine.end_session(session)
 
     def _record_tx(self, writes: int, *, committed: bool) -> None:
@@ -402,7 +405,7 @@ class Store:
         call that waits, from inside a write this thread runs on the borrowed writer
         connection (an SQL function): such a call could only end in a timeout.
         """
-        if getattr(self._tx_local, "active", False):
+        if self._in_own_transaction():
             raise StoreError(
                 f"{what} inside this thread's open transaction() would wait for the "
                 "transaction itself; use the `tx` object, or finish the block first"
@@ -429,6 +432,10 @@ class Store:
                 f"{what} from inside this thread's running write would wait for that "
                 "write itself; use wait=False, or write from another thread"
             )
+
+    def _in_own_transaction(self) -> bool:
+        session: TxSession | None = getattr(self._tx_local, "session", None)
+        return session is not None and not session.done.is_set()
 
     def _detach_after_fork(self) -> tuple[Any, ...]:
         """In a forked child: never finalize this store, close the inherited connections

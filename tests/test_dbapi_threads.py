@@ -191,6 +191,32 @@ def test_close_rolls_back_other_threads(
         assert store.query("SELECT count(*) FROM t") == [(0,)]
 
 
+def test_thread_whose_transaction_another_closed_can_write_again(
+    tmp_path: Path, backend: str
+) -> None:
+    """Queue mode, a connection on a shared Store: after close() from another thread
+    rolled back a worker's transaction, the worker can use the store again."""
+    store = safestore.Store(db_path(tmp_path, backend), backend=backend, setup=SCHEMA)
+    conn = dbapi.connect(store)
+    opened, closed = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        conn.execute("INSERT INTO t (v) VALUES ('rolled back')")
+        opened.set()
+        assert closed.wait(WAIT)
+        store.insert("t", {"v": "after"})
+        with store.transaction() as tx:
+            tx.insert("t", {"v": "in a block"})
+
+    w = Worker(worker)
+    assert opened.wait(WAIT)
+    conn.close()
+    closed.set()
+    w.join()
+    assert sorted(store.query("SELECT v FROM t")) == [("after",), ("in a block",)]
+    store.close()
+
+
 def test_lastrowid_is_per_thread(conn: dbapi.Connection, backend: str) -> None:
     """Each thread's cursor.lastrowid is its own last insert (SQLite)."""
     if backend != "sqlite":
