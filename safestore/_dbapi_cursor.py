@@ -144,7 +144,7 @@ class Cursor:
 
     def _take(self, n: int | None) -> list[Any]:
         with self._lock:
-            end = len(self._rows) if n is None else min(len(self._rows), self._pos + max(n, 0))
+            end = len(self._rows) if n is None else min(len(self._rows), self._pos + n)
             taken = self._rows[self._pos : end]
             self._pos = end
             if self._pos >= len(self._rows):
@@ -158,9 +158,11 @@ class Cursor:
         return rows[0] if rows else None
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
-        """Up to `size` (default `arraysize`) next rows."""
+        """Up to `size` (default `arraysize`) next rows; all of them if `size` <= 0,
+        as sqlite3 does."""
         self._check()
-        return self._take(self.arraysize if size is None else size)
+        n = self.arraysize if size is None else size
+        return self._take(n if n > 0 else None)
 
     def fetchall(self) -> list[Any]:
         """All remaining rows."""

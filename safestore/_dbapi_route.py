@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._dbapi_sql import Kind, classify, has_returning, split_script
+from ._dbapi_sql import Kind, classify, has_returning, split_duckdb_script, split_script
 from ._dbapi_tx import Outcome, ThreadTx, run_duckdb, run_sqlite
 from .errors import ReadOnlyError
 
@@ -152,7 +152,8 @@ def executescript(conn: Connection, script: str) -> None:
         if ttx is not None:
             conn._end(ttx, commit=True)
     saved = conn._autocommit
-    for statement in split_script(script):
+    statements = split_script(script) if conn._is_sqlite else split_duckdb_script(script)
+    for statement in statements:
         kind = classify(statement)
         ttx = conn._thread_tx()
         if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):

@@ -100,6 +100,18 @@ def is_insert(sql: str) -> bool:
     return match is not None and match.group(0).lower() in ("insert", "replace")
 
 
+def split_duckdb_script(script: str) -> list[str]:
+    """Split a DuckDB script into statements with DuckDB's own parser (it knows
+    dollar-quoted strings, which SQLite's notion of a statement does not)."""
+    import duckdb
+
+    parser = duckdb.connect()  # a throwaway in-memory database: parsing only
+    try:
+        return [statement.query for statement in parser.extract_statements(script)]
+    finally:
+        parser.close()
+
+
 def split_script(script: str) -> list[str]:
     """Split an SQL script into complete statements, in order.
 

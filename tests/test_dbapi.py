@@ -147,6 +147,9 @@ def test_execute_fetch_and_description(conn: dbapi.Connection) -> None:
     cur.execute("SELECT v FROM t WHERE n >= ? ORDER BY n", (3,))
     assert cur.fetchall() == [("d",), ("e",)]
     assert cur.fetchall() == []
+    for size in (0, -1):  # sqlite3: every remaining row
+        cur.execute("SELECT v FROM t WHERE n >= ? ORDER BY n", (3,))
+        assert cur.fetchmany(size) == [("d",), ("e",)]
 
 
 def test_rowcount_and_lastrowid(conn: dbapi.Connection, backend: str) -> None:
@@ -328,6 +331,17 @@ def test_executescript(conn: dbapi.Connection) -> None:
     assert not conn.in_transaction
     assert conn.execute("SELECT x FROM s").fetchall() == [("1;2",)]
     assert in_thread(lambda: conn.execute("SELECT count(*) FROM t").fetchone()) == (1,)
+
+
+def test_executescript_with_dollar_quoted_strings_on_duckdb(
+    connect: Callable[..., dbapi.Connection], backend: str
+) -> None:
+    """DuckDB scripts are split by DuckDB's parser: a ; inside $$...$$ stays put."""
+    if backend != "duckdb":
+        pytest.skip("dollar-quoted strings are DuckDB syntax")
+    conn = connect(isolation_level=None)
+    conn.executescript("CREATE TABLE d (v VARCHAR); INSERT INTO d VALUES ($$a;b$$);")
+    assert conn.execute("SELECT v FROM d").fetchall() == [("a;b",)]
 
 
 def test_total_changes(conn: dbapi.Connection) -> None:

@@ -217,6 +217,30 @@ def test_thread_whose_transaction_another_closed_can_write_again(
     store.close()
 
 
+def test_lastrowid_after_an_upsert_that_updated(tmp_path: Path) -> None:
+    """An upsert that updated instead of inserting keeps the thread's lastrowid (as
+    sqlite3), not the rowid of another thread's insert on the shared writer."""
+    conn = dbapi.connect(db_path(tmp_path, "sqlite"), timeout=WAIT)
+    conn.executescript(
+        "CREATE TABLE kv (id INTEGER PRIMARY KEY, k TEXT UNIQUE, n INTEGER);"
+        "CREATE TABLE other (id INTEGER PRIMARY KEY);"
+    )
+    cur = conn.cursor()
+    cur.execute("INSERT INTO kv (k, n) VALUES ('a', 1)")
+    conn.commit()
+    assert cur.lastrowid == 1
+
+    def other() -> None:
+        conn.execute("INSERT INTO other (id) VALUES (4242)")
+        conn.commit()
+
+    Worker(other).join()
+    cur.execute("INSERT INTO kv (k, n) VALUES ('a', 1) ON CONFLICT (k) DO UPDATE SET n = n + 1")
+    conn.commit()
+    assert (cur.rowcount, cur.lastrowid) == (1, 1)
+    conn.close()
+
+
 def test_lastrowid_is_per_thread(conn: dbapi.Connection, backend: str) -> None:
     """Each thread's cursor.lastrowid is its own last insert (SQLite)."""
     if backend != "sqlite":
