@@ -516,8 +516,8 @@ def _serve_session(
 
     While the owner holds the connection the writer takes nothing else off the queue:
     that is how other threads' writes wait (queued, not failed) during a transaction.
-    A transaction idle past its timeout is rolled back only once another write is
-    waiting for it (checked every IDLE_CHECK): idling harms no one until then.
+    A transaction idle past its timeout is rolled back only once another write, or
+    close(), is waiting for it (checked every IDLE_CHECK): idling harms no one until then.
     """
     if not session.future.set_running_or_notify_cancel():
         return  # the owner gave up before we got here
@@ -541,7 +541,7 @@ def _serve_session(
                 if session.done.wait(left):
                     break
                 continue
-            if not state.depth:  # idle, but nobody waits for it (yet)
+            if not state.depth and not state.closed:  # idle, but nobody waits for it
                 if session.done.wait(IDLE_CHECK):
                     break
                 continue
