@@ -420,7 +420,9 @@ class Store:
                     "inside that write's transaction; use the `conn` run() was given"
                 )
             return
-        if threading.get_ident() == engine.thread.ident:
+        # The Thread object, not its ident: idents are reused once a thread has ended,
+        # and a thread started after the writer stopped could inherit its ident.
+        if threading.current_thread() is engine.thread:
             raise StoreError(
                 f"{what} inside a run() function would wait for the writer that is "
                 "running it; use the `conn` run() was given"
