@@ -274,6 +274,8 @@ class Store:
         """
         self._check_usable()
         check_sql(sql)
+        if self._readers.shared_lock is not None:
+            self._refuse_read_inside_own_write()
         try:
             return self._readers.read(sql, params)
         except Exception as exc:
@@ -433,6 +435,24 @@ class Store:
             raise StoreError(
                 f"{what} from inside this thread's running write would wait for that "
                 "write itself; use wait=False, or write from another thread"
+            )
+
+    def _refuse_read_inside_own_write(self) -> None:
+        """Reads that share the writer's connection (lock mode, in-memory SQLite) from
+        inside this thread's own transaction or write would run inside it (seeing, and
+        on DuckDB able to change, its uncommitted state) or, in queue mode, wait for
+        it until the timeout: refuse them at once."""
+        engine = self._engine
+        if isinstance(engine, QueueEngine):
+            inside = threading.current_thread() is engine.thread
+        else:
+            inside = engine.running_here()
+        if inside or self._in_own_transaction():
+            raise StoreError(
+                "query() inside this thread's own transaction() or run() function, on a "
+                "store whose reads share the writer's connection (lock mode, ':memory:'), "
+                "would run inside that transaction: use tx.query, or the `conn` run() "
+                "was given"
             )
 
     def _in_own_transaction(self) -> bool:

@@ -270,11 +270,13 @@ class AsyncStore:
 
     def _check_read(self) -> None:
         self._check_open()
-        if self.mode == "lock" and self._in_block():
-            # In lock mode the block holds the store's lock until it ends.
+        if self._store._readers.shared_lock is not None and self._in_block():
+            # Lock mode and in-memory SQLite: reads share the writer's connection, which
+            # the block holds until it ends.
             raise StoreError(
-                "this task has an open transaction() on a lock-mode store: read through "
-                "the `tx` object (a store read here would wait for the block to end)"
+                "this task has an open transaction() on a store whose reads share the "
+                "writer's connection (lock mode, ':memory:'): read through the `tx` "
+                "object (a store read here would wait for the block to end)"
             )
 
     # --- transactions -------------------------------------------------------------------

@@ -223,6 +223,36 @@ def test_transaction_the_engine_rolled_back_commits_nothing(
         assert count(store) == 2
 
 
+@pytest.mark.parametrize("target", ["file", ":memory:"])
+def test_read_inside_own_write_on_a_shared_connection_is_refused(
+    make_store: Callable[..., safestore.Store], target: str
+) -> None:
+    """Where reads share the writer's connection (lock mode, in-memory SQLite), a
+    store.query() from inside the thread's own transaction() or run() function would
+    run inside that transaction (or wait for it): StoreError at once. Elsewhere the read
+    runs on the thread's own read connection and sees committed data only."""
+    store = make_store(target=None if target == "file" else ":memory:", setup=SCHEMA)
+    shared = store._readers.shared_lock is not None
+    store.insert("t", {"v": "committed"})
+    with store.transaction() as tx:
+        tx.insert("t", {"v": "uncommitted"})
+        if shared:
+            with pytest.raises(safestore.StoreError, match=r"tx\.query"):
+                store.query("SELECT v FROM t")
+        else:
+            assert store.query("SELECT v FROM t") == [("committed",)]
+        assert len(tx.query("SELECT v FROM t")) == 2
+
+    def fn(conn: Any) -> Any:
+        return store.query("SELECT count(*) FROM t")
+
+    if shared:
+        with pytest.raises(safestore.StoreError, match="run\\(\\) function"):
+            store.run(fn)
+    else:
+        assert store.run(fn) == [(2,)]
+
+
 def test_others_wait_while_transaction_open(store: safestore.Store) -> None:
     """Other threads' writes wait (queued, not failed) while a transaction is open."""
     started = threading.Event()
