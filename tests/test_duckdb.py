@@ -690,3 +690,19 @@ def test_errors_that_mention_read_only_keep_their_class(store: safestore.Store) 
     with pytest.raises(duckdb.BinderException) as binder:
         store.query('SELECT "read only" FROM t')
     assert not isinstance(binder.value, safestore.ReadOnlyError)
+
+
+def test_checkpoint_after_other_writes_of_its_group(store: safestore.Store) -> None:
+    """CHECKPOINT refuses to run after writes in its transaction: in a group it runs
+    again in a transaction of its own instead of failing because of the others."""
+    gate, held = freeze(store)
+    futs = [
+        store.insert("t", {"v": "a"}, wait=False),
+        store.execute("CHECKPOINT", wait=False),
+        store.insert("t", {"v": "b"}, wait=False),
+    ]
+    gate.release()
+    assert held.result(WAIT) == "held"
+    for fut in futs:
+        assert fut.exception(WAIT) is None
+    assert sorted(store.query("SELECT v FROM t")) == [("a",), ("b",)]

@@ -125,8 +125,9 @@ class GroupCommit:
     def _commit_units(self, conn: Any, queue: list[Unit], done: dict[int, Outcome]) -> None:
         """Commit `queue` in order, isolating failures (see the module docstring).
 
-        Each failure costs one rollback and at most one extra commit (for the requests
-        before it, replayed), so the work stays linear in the number of requests.
+        Each failure costs at most two rollbacks (its request is tried again at the
+        start of a transaction) and one extra commit (for the requests before it,
+        replayed), so the work stays linear in the number of requests.
         """
         while queue:
             n_ok, values, exc = self._attempt(conn, queue)
@@ -145,9 +146,13 @@ class GroupCommit:
                 return
             if n_ok:
                 # queue[:n_ok] succeeded but was rolled back with the failure: commit it
-                # on its own (it is strictly shorter, so this terminates).
+                # on its own (it is strictly shorter, so this terminates). The failing
+                # request then runs again, first in a transaction of its own: it may
+                # have failed only because of the others' changes (CHECKPOINT refuses
+                # to run after writes in the same transaction).
                 self._commit_units(conn, queue[:n_ok], done)
                 queue = queue[n_ok:]
+                continue
             head = queue[0]
             if len(head) > 1:
                 # A merged insert failed: try each half; the failing request(s) end up
