@@ -250,6 +250,9 @@ def test_query_refuses_nextval_and_changes_nothing(make_store: Any) -> None:
         "CALL enable_logging()",
         "SELECT * FROM enable_profiling()",
         "SELECT * FROM query('CHECKPOINT')",
+        # a comment marker inside a string literal must not hide the rest
+        "SELECT '--' AS a, * FROM checkpoint()",
+        "SELECT '/*' AS a, * FROM enable_logging() WHERE '*/' = '*/'",
     ],
 )
 def test_query_refuses_writes_and_settings(store: safestore.Store, sql: str) -> None:
@@ -289,6 +292,10 @@ def test_query_allows_explaining_reads_and_informational_calls(store: safestore.
     for sql in (
         "EXPLAIN SELECT v FROM t",
         "EXPLAIN ANALYZE SELECT v FROM t",
+        "EXPLAIN (SELECT 1)",
+        "EXPLAIN (SELECT v FROM t) UNION ALL (SELECT 'x')",
+        "EXPLAIN SELECT 'a--b', 'http://x/*y*/'",
+        "SELECT 'checkpoint()' AS text_not_a_call",
         "CALL pragma_version()",
         "SELECT count(*) FROM duckdb_tables()",
     ):

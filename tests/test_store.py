@@ -282,6 +282,9 @@ def test_read_only_store(tmp_path: Path, backend: str, mode: str) -> None:
             pass
         with pytest.raises(safestore.ReadOnlyError):
             ro.query("DELETE FROM t")
+        if backend == "duckdb":  # a write hidden in a SELECT, refused by the engine
+            with pytest.raises(safestore.ReadOnlyError):
+                ro.query("SELECT nextval('t_id')")
 
 
 # --- targets and arguments -------------------------------------------------------------

@@ -71,8 +71,10 @@ register_mapping(duckdb.SequenceException, DataError)  # a sequence ran out of v
 
 _ST = duckdb.StatementType
 _PID = re.compile(r"\(PID (\d+)\)")
-# DuckDB's refusal of a write inside a read-only transaction (a TransactionException).
-_READ_ONLY_MSG = re.compile(r"transaction is launched in read-only mode")
+# DuckDB's refusals of a write: inside a read-only transaction (TransactionException),
+# or on a database opened read-only (InvalidInputException).
+_READ_ONLY_MSG = re.compile(r"transaction is launched in read-only mode|attached in read-only mode")
+_READ_ONLY_ERRORS = (duckdb.TransactionException, duckdb.InvalidInputException)
 _DML_TYPES = {_ST.INSERT, _ST.UPDATE, _ST.DELETE, _ST.MERGE_INTO}
 
 
@@ -352,7 +354,7 @@ class DuckDBBackend(GroupCommit):
             rows = Rows(conn.fetchall(), conn.description)
         except duckdb.Error as exc:
             self._end_read(conn, "ROLLBACK")
-            if isinstance(exc, duckdb.TransactionException) and _READ_ONLY_MSG.search(str(exc)):
+            if isinstance(exc, _READ_ONLY_ERRORS) and _READ_ONLY_MSG.search(str(exc)):
                 raise ReadOnlyError(
                     f"query() runs read-only statements; this one would change the "
                     f"database ({exc}): {sql[:200]!r}"

@@ -47,7 +47,7 @@ import duckdb
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
 from ..errors import ProgrammingError, translate
 from . import Outcome
-from ._duckdb_guard import explained
+from ._duckdb_guard import analyzed
 
 log = logging.getLogger("safestore")
 
@@ -261,7 +261,7 @@ class GroupCommit:
             statements = conn.extract_statements(req.sql)
             # EXPLAIN ANALYZE COMMIT runs the COMMIT it explains.
             for explain in [s for s in statements if s.type == _ST.EXPLAIN]:
-                inner = explained(explain.query)
+                inner = analyzed(explain.query)
                 statements += conn.extract_statements(inner) if inner else []
         except (duckdb.Error, ValueError):
             return None  # let the engine report it when the statement runs

@@ -49,17 +49,52 @@ _SIDE_EFFECTS = re.compile(
     r"|(?:enable|disable)_\w+)\s*\(",
     re.IGNORECASE,
 )
-_COMMENTS = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)
-# EXPLAIN ANALYZE runs the statement it explains; plain EXPLAIN only plans it.
-_EXPLAIN = re.compile(
-    r"^\s*explain\s+(?:analy[sz]e\b|\([^)]*\))?\s*(.*)$", re.IGNORECASE | re.DOTALL
-)
+_TT = duckdb.token_type
 
 
-def explained(sql: str) -> str | None:
-    """The statement an EXPLAIN statement's text explains (None if it cannot tell)."""
-    match = _EXPLAIN.match(_COMMENTS.sub(" ", sql))
-    return match.group(1) if match else None
+def _tokens(sql: str) -> list[tuple[Any, str, int]]:
+    """DuckDB's own tokens of `sql` as (type, text, position), comments included."""
+    marks = duckdb.tokenize(sql)
+    ends = [pos for pos, _ in marks[1:]] + [len(sql)]
+    return [(kind, sql[pos:end].strip(), pos) for (pos, kind), end in zip(marks, ends, strict=True)]
+
+
+def _bare(sql: str) -> str:
+    """`sql` as the engine reads it, for the side-effect search: no comments, string
+    literals emptied (a call written inside one is not a call), identifier quotes
+    dropped (`"checkpoint"()` is a call of checkpoint)."""
+    out = []
+    for kind, text, _ in _tokens(sql):
+        if kind == _TT.comment:
+            continue
+        if kind == _TT.string_const:
+            out.append("''")
+        elif kind == _TT.identifier and text.startswith('"') and text.endswith('"'):
+            out.append(text[1:-1].replace('""', '"'))
+        else:
+            out.append(text)
+    return " ".join(out)
+
+
+def analyzed(sql: str) -> str | None:
+    """For ``EXPLAIN ANALYZE <statement>`` (or ``EXPLAIN (ANALYZE, ...)``), which runs
+    the statement it explains, that statement's text; None for anything else (a plain
+    EXPLAIN only plans its statement)."""
+    code = [(text.lower(), pos) for kind, text, pos in _tokens(sql) if kind != _TT.comment]
+    if len(code) < 3 or code[0][0] != "explain":
+        return None
+    if code[1][0] in ("analyze", "analyse"):
+        return sql[code[2][1] :]
+    if code[1][0] == "(" and code[2][0] in ("analyze", "analyse", "format"):
+        depth, i = 0, 1
+        for i in range(1, len(code)):  # the options end at the matching ")"
+            depth += {"(": 1, ")": -1}.get(code[i][0], 0)
+            if depth == 0:
+                break
+        options = {text for text, _ in code[2:i]}
+        if options & {"analyze", "analyse"} and i + 1 < len(code):
+            return sql[code[i + 1][1] :]
+    return None
 
 
 #: The most SQL texts a store remembers as allowed (see `check_read`).
@@ -102,14 +137,14 @@ def _judge(conn: Any, sql: str) -> bool:
     allowed = stmt is not None and stmt.type in _READ_TYPES
     if allowed and stmt is not None:
         text = stmt.query
-        # Comments and identifier quotes out of the way: `"checkpoint"/**/()` is
-        # still a call of checkpoint (a false alarm in a string literal only refuses).
-        bare = _COMMENTS.sub(" ", text).replace('"', "")
+        bare = _bare(text)
         if _CHECKPOINT.search(bare) or _SIDE_EFFECTS.search(bare):
             allowed = False
-        elif stmt.type == _ST.EXPLAIN:
-            inner = explained(text)
-            allowed = inner is not None and _judge(conn, inner)
+        elif stmt.type == _ST.EXPLAIN and (inner := analyzed(text)) is not None:
+            try:
+                allowed = _judge(conn, inner)
+            except duckdb.Error:  # not a statement we can judge: refuse it
+                allowed = False
         elif stmt.type == _ST.PRAGMA:
             match = _PRAGMA_NAME.match(text)
             allowed = match is not None and match.group(1).lower() in _INFO_PRAGMAS
