@@ -96,7 +96,7 @@ def gated(fn: F) -> F:
 
 
 def _before_fork() -> None:
-    global _registry_held, _gc_was_enabled
+    global _registry_held, _gc_was_enabled, clean_fork
     # One fork at a time: two threads forking at once would share the state below.
     # Bounded: the fork in progress waits at most FORK_WAIT for gates, then forks.
     _forking.acquire()
@@ -112,6 +112,7 @@ def _before_fork() -> None:
             _held.append(g)
         else:
             busy += 1
+    clean_fork = not busy and _registry_held
     if busy or not _registry_held:
         log.warning(
             "forking while %d thread(s) stayed inside SQLite or DuckDB for %.0fs; "
@@ -158,6 +159,9 @@ def _after_fork_in_child() -> None:
     _forking = threading.Lock()
 
 
+#: Whether the last fork took every thread's gate (no thread was inside an engine
+#: call); read in the child, where it says whether inherited connections are usable.
+clean_fork = True
 _forking = threading.Lock()  # held from before a fork to after it
 _registry_held = False  # whether _before_fork got `_registry`
 _gc_was_enabled = True

@@ -4,9 +4,9 @@ The simple fallback. Each write call takes the lock (waiting at most `timeout`),
 its own transaction on the calling thread and commits before the lock is released.
 Reads take the same lock: sharing a SQLite connection between threads without holding
 a lock for every use, reads included, returns wrong rows or crashes (FACTS.md). A
-`transaction()` block holds the lock from start to end, so a thread's reads inside its
-own block see its uncommitted writes. The lock is reentrant only so that a thread's
-reads inside its own transaction do not deadlock.
+`transaction()` block holds the lock from start to end; its reads go through `tx.query`.
+The lock is reentrant so that a thread's own store calls from inside its block or its
+running write never deadlock on it: Store refuses them with a clear `StoreError`.
 """
 
 from __future__ import annotations

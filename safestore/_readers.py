@@ -25,6 +25,28 @@ from .errors import StoreClosedError, TimeoutError
 log = logging.getLogger("safestore")
 
 
+class Waiting:
+    """How many threads wait for a shared connection (its holder may yield it to them).
+
+    Counted under a lock: the writer only asks whether anyone waits, but a lost update
+    would leave the count wrong for good.
+    """
+
+    __slots__ = ("_lock", "count")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
 class _Entry:
     """One thread's read connection. `use` is held while a statement runs on it."""
 
@@ -51,11 +73,13 @@ class Readers:
         *,
         timeout: float,
         shared_lock: threading.Lock | threading.RLock | None = None,
+        waiting: Waiting | None = None,
     ) -> None:
         self.backend = backend
         self.writer_conn = writer_conn
         self.timeout = timeout
         self.shared_lock = shared_lock
+        self.waiting = waiting or Waiting()  # readers waiting for `shared_lock`
         self._local = threading.local()
         # Guards `_entries` and `_closed`. Never held while a statement runs.
         self._lock = threading.Lock()
@@ -76,7 +100,11 @@ class Readers:
 
     def _read_shared(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         assert self.shared_lock is not None
-        if not self.shared_lock.acquire(timeout=self.timeout):
+        got = self.shared_lock.acquire(blocking=False)
+        if not got:
+            with self.waiting:  # the writer rolls back an idle transaction we wait for
+                got = self.shared_lock.acquire(timeout=self.timeout)
+        if not got:
             raise TimeoutError(
                 f"the store's connection stayed busy with writes for {self.timeout:.1f}s"
             )
@@ -121,10 +149,13 @@ class Readers:
         finally:
             entry.use.release()
 
-    def connections(self) -> list[Any]:
-        """Every read connection still open (for the fork hook, in the child)."""
-        with self._lock:
-            return [e.conn for e in self._entries if not e.closed]
+    def connections_in_child(self) -> list[Any]:
+        """Every read connection still open, for the fork hook in a forked child.
+
+        Without `_lock`: another thread of the parent may have held it at the fork, and
+        in the child that thread is gone (only the forking thread exists there).
+        """
+        return [e.conn for e in list(self._entries) if not e.closed]
 
     def open_count(self) -> int:
         """How many read connections are open (for tests and stats)."""

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from . import _lifecycle
+from . import _forksafe, _lifecycle
 from ._args import check_sql, check_timeout, resolve_target
 from ._backends import Backend, Config, open_backend
 from ._group import run_group, wait_result
@@ -157,7 +157,13 @@ class Store:
                 max_queue=max_queue,
                 conn_lock=conn_lock,
             )
-            self._readers = Readers(backend_obj, conn, timeout=self._timeout, shared_lock=conn_lock)
+            self._readers = Readers(
+                backend_obj,
+                conn,
+                timeout=self._timeout,
+                shared_lock=conn_lock,
+                waiting=self._engine.state.readers_waiting,
+            )
         else:
             self._engine = LockEngine(backend_obj, conn, timeout=self._timeout)
             shared = self._engine.lock if mode == "lock" else None
@@ -456,15 +462,21 @@ class Store:
             )
 
     def _in_own_transaction(self) -> bool:
+        # A session the writer expired still counts until its owner leaves the block; one
+        # ended otherwise (by close() from another thread) no longer does.
         session: TxSession | None = getattr(self._tx_local, "session", None)
-        return session is not None and not session.done.is_set()
+        return session is not None and (not session.done.is_set() or session.expired)
 
     def _detach_after_fork(self) -> tuple[Any, ...]:
         """In a forked child: never finalize this store, close the inherited connections
         the backend can safely close, and return what must stay alive."""
         self._finalizer.detach()
+        if not _forksafe.clean_fork:
+            # A thread was still inside an engine call at the fork: its connection may
+            # hold an engine mutex that nobody in the child will ever release.
+            return (self._engine, self._readers)
         backend = self._engine_backend
-        for conn in [*self._readers.connections(), self._engine.conn]:
+        for conn in [*self._readers.connections_in_child(), self._engine.conn]:
             try:
                 backend.release_in_child(conn)
             except Exception:  # keeping a connection open is the safe failure

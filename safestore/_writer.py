@@ -35,6 +35,7 @@ from typing import Any
 
 from ._backends import Backend
 from ._group import Counters, run_group, settle, wait_result
+from ._readers import Waiting
 from ._requests import Request, Turns, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
 
@@ -105,6 +106,9 @@ class _State:
         self.closed = False
         self.broken: BaseException | None = None
         self.counters = Counters()
+        #: Readers waiting for the writer connection (in-memory SQLite, where reads
+        #: share it): an idle transaction holding them up is rolled back.
+        self.readers_waiting = Waiting()
         self.turns = Turns()  # whether groups' callers are woken in turn (see Waiter)
 
     def fail_queued(self, exc_factory: Callable[[], BaseException]) -> None:
@@ -516,8 +520,9 @@ def _serve_session(
 
     While the owner holds the connection the writer takes nothing else off the queue:
     that is how other threads' writes wait (queued, not failed) during a transaction.
-    A transaction idle past its timeout is rolled back only once another write, or
-    close(), is waiting for it (checked every IDLE_CHECK): idling harms no one until then.
+    A transaction idle past its timeout is rolled back only once another write, a read
+    of the shared in-memory connection, or close(), is waiting for it (checked every
+    IDLE_CHECK): idling harms no one until then.
     """
     if not session.future.set_running_or_notify_cancel():
         return  # the owner gave up before we got here
@@ -541,7 +546,8 @@ def _serve_session(
                 if session.done.wait(left):
                     break
                 continue
-            if not state.depth and not state.closed:  # idle, but nobody waits for it
+            if not (state.depth or state.closed or state.readers_waiting.count):
+                # Idle, but nobody waits for it (yet).
                 if session.done.wait(IDLE_CHECK):
                     break
                 continue

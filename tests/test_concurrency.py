@@ -321,6 +321,39 @@ def test_idle_transaction_nobody_waits_for_is_kept(
     assert sorted(store.query("SELECT v FROM t")) == [("a",), ("b",)]
 
 
+def test_idle_transaction_gives_way_to_a_waiting_read_in_memory(
+    make_store: Callable[..., safestore.Store],
+) -> None:
+    """In-memory SQLite, queue mode: reads share the writer's connection, so a read
+    waiting for it counts as waiting: the idle transaction is rolled back for it."""
+    store = make_store(target=":memory:", setup=SCHEMA, timeout=0.5)
+    if store.mode == "lock" or store.backend == "duckdb":
+        pytest.skip("only in-memory SQLite in queue mode shares the writer's connection")
+    store.insert("t", {"v": "before"})
+    inside, finish = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def owner() -> None:
+        try:
+            with store.transaction() as tx:
+                tx.insert("t", {"v": "in the block"})
+                inside.set()
+                assert finish.wait(WAIT)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=owner)
+    t.start()
+    assert inside.wait(WAIT)
+    threading.Event().wait(0.8)  # idle past its timeout, with nobody waiting: kept
+    assert store.query("SELECT v FROM t") == [("before",)]  # waits, then it gives way
+    finish.set()
+    t.join(WAIT)
+    assert isinstance(outcome[0], safestore.StoreError)
+    assert "idle" in str(outcome[0])
+
+
 def test_full_queue_times_out_and_writes_nothing(
     make_store: Callable[..., safestore.Store],
 ) -> None:

@@ -156,3 +156,27 @@ def test_children_forked_mid_commit_can_open_stores(
             t.join(WAIT)
     assert statuses == [0] * 10
     assert store.query_one("SELECT count(*) FROM t") is not None
+
+
+def test_fork_while_another_thread_holds_the_readers_lock(store: safestore.Store) -> None:
+    """The child's fork hook never waits for a lock a parent thread held at the fork
+    (the readers' registry lock, taken by stats(), a first read or close())."""
+    import warnings
+
+    store.query("SELECT 1")  # this thread has a read connection for the hook to find
+    with store._readers._lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: its hook ran, then it exits
+            os._exit(0)
+    deadline = time.monotonic() + WAIT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung in the fork hook")
+        threading.Event().wait(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
