@@ -191,8 +191,9 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
     """Run one statement on a sqlite3 connection and fetch everything it returns."""
     # An upsert that updates instead of inserting leaves the connection's last rowid as
     # it was (possibly another thread's insert): note it, to tell the two apart.
+    insert = not many and is_insert(sql)
     before = None
-    if not many and is_insert(sql) and "conflict" in sql.lower():
+    if insert and "conflict" in sql.lower():
         before = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
     try:
@@ -200,7 +201,7 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         rows = cur.fetchall() if description is not None else []
         rowcount = cur.rowcount
         lastrowid = None
-        if not many and rowcount > 0 and is_insert(sql) and cur.lastrowid != before:
+        if insert and rowcount > 0 and cur.lastrowid != before:
             lastrowid = cur.lastrowid
         return Outcome(rows, description, rowcount, lastrowid)
     finally:

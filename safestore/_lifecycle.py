@@ -46,11 +46,10 @@ def _close_all_at_exit() -> None:
         # Queue mode waits for the writer to commit everything queued. Lock mode has
         # nothing queued: it only waits for the thread holding the lock, which may be
         # a daemon thread inside a transaction, or one that is gone for good (a thread
-        # pool that exit tears down while one of its threads holds the lock), so that
-        # wait is bounded by the store's timeout.
-        timeout = None if store.mode == "queue" else store._timeout
+        # pool that exit tears down while one of its threads holds the lock); that
+        # wait is bounded by the store's timeout (LockEngine.close).
         try:
-            store.close(timeout)
+            store.close()
         except TimeoutError:
             log.warning(
                 "at exit, another thread still held the lock of %r after %.1fs; its "

@@ -420,7 +420,7 @@ class Store:
             )
         engine = self._engine
         if not isinstance(engine, QueueEngine):
-            if engine.running_here():
+            if self._in_own_write():
                 # Lock mode: the lock is reentrant, so the call would run inside the
                 # write's transaction and be undone with it.
                 raise StoreError(
@@ -428,9 +428,7 @@ class Store:
                     "inside that write's transaction; use the `conn` run() was given"
                 )
             return
-        # The Thread object, not its ident: idents are reused once a thread has ended,
-        # and a thread started after the writer stopped could inherit its ident.
-        if threading.current_thread() is engine.thread:
+        if self._in_own_write():
             raise StoreError(
                 f"{what} inside a run() function would wait for the writer that is "
                 "running it; use the `conn` run() was given"
@@ -448,18 +446,24 @@ class Store:
         inside this thread's own transaction or write would run inside it (seeing, and
         on DuckDB able to change, its uncommitted state) or, in queue mode, wait for
         it until the timeout: refuse them at once."""
-        engine = self._engine
-        if isinstance(engine, QueueEngine):
-            inside = threading.current_thread() is engine.thread
-        else:
-            inside = engine.running_here()
-        if inside or self._in_own_transaction():
+        if self._in_own_write() or self._in_own_transaction():
             raise StoreError(
                 "query() inside this thread's own transaction() or run() function, on a "
                 "store whose reads share the writer's connection (lock mode, ':memory:'), "
                 "would run inside that transaction: use tx.query, or the `conn` run() "
                 "was given"
             )
+
+    def _in_own_write(self) -> bool:
+        """Whether the calling thread is running one of this store's writes: a run()
+        function on the queue-mode writer thread, or any write call under the lock-mode
+        lock."""
+        engine = self._engine
+        if isinstance(engine, QueueEngine):
+            # The Thread object, not its ident: idents are reused once a thread has
+            # ended, and a thread started after the writer stopped could inherit its.
+            return threading.current_thread() is engine.thread
+        return engine.running_here()
 
     def _in_own_transaction(self) -> bool:
         # A session the writer expired still counts until its owner leaves the block; one

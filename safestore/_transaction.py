@@ -30,10 +30,13 @@ class Transaction:
         self.writes = 0  # write calls made in the block, for the store's stats
         self._generation = _lifecycle.fork_generation  # changes in a forked child
 
-    def _check_fork(self) -> None:
+    def _forked(self) -> bool:
         # A process forked inside the block inherits the open transaction: committing
         # (or running anything) there would commit the parent's unfinished work.
-        if self._generation != _lifecycle.fork_generation:
+        return self._generation != _lifecycle.fork_generation
+
+    def _check_fork(self) -> None:
+        if self._forked():
             raise StoreError(
                 "this transaction was opened in the parent process and cannot be used "
                 "after fork(); nothing of it is committed from the child"
@@ -133,8 +136,7 @@ class Transaction:
         s = self._session
         with s.lock:
             # In a forked child the connection is the parent's: leave it alone.
-            forked = self._generation != _lifecycle.fork_generation
-            if not s.expired and s.conn is not None and not forked:
+            if not s.expired and s.conn is not None and not self._forked():
                 self._backend.rollback(s.conn)
             s.done.set()
 
