@@ -131,25 +131,42 @@ def count(store: safestore.Store, table: str = "t") -> int:
 def in_thread(fn: Callable[[], Any]) -> Any:
     """Run `fn` in a new thread and return its result (or raise its exception).
 
-    The thread is a daemon and the wait is bounded by WAIT: a hang fails the test
-    instead of stalling the run.
+    The wait is bounded by WAIT: a hang fails the test instead of stalling the run.
     """
-    out: list[Any] = []
+    return Worker(fn).join()
 
-    def target() -> None:
+
+class Worker:
+    """A thread that runs `fn` and keeps its result or exception; `done` is set after.
+
+    A daemon, and `join` is bounded by WAIT: a hang fails the test instead of stalling
+    the run (or the interpreter's exit).
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        self.started.set()
         try:
-            out.append(("ok", fn()))
+            self.result = self.fn()
         except BaseException as exc:
-            out.append(("err", exc))
+            self.error = exc
+        finally:
+            self.done.set()
 
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(WAIT)
-    assert not t.is_alive(), "the call did not return"
-    kind, value = out[0]
-    if kind == "err":
-        raise value
-    return value
+    def join(self) -> Any:
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "worker thread hung"
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def fork_and_report(fn: Callable[[], str]) -> str:

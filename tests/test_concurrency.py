@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, count, db_path, freeze, in_thread
+from tests.conftest import (
+    SCHEMA,
+    WAIT,
+    Gate,
+    SignallingLock,
+    Worker,
+    count,
+    db_path,
+    freeze,
+    in_thread,
+)
 
 import safestore
 
@@ -331,27 +341,20 @@ def test_idle_transaction_gives_way_to_a_waiting_read_in_memory(
         pytest.skip("only in-memory SQLite in queue mode shares the writer's connection")
     store.insert("t", {"v": "before"})
     inside, finish = threading.Event(), threading.Event()
-    outcome: list[BaseException | None] = []
 
     def owner() -> None:
-        try:
-            with store.transaction() as tx:
-                tx.insert("t", {"v": "in the block"})
-                inside.set()
-                assert finish.wait(WAIT)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
+        with store.transaction() as tx:
+            tx.insert("t", {"v": "in the block"})
+            inside.set()
+            assert finish.wait(WAIT)
 
-    t = threading.Thread(target=owner)
-    t.start()
+    w = Worker(owner)
     assert inside.wait(WAIT)
     threading.Event().wait(0.8)  # idle past its timeout, with nobody waiting: kept
     assert store.query("SELECT v FROM t") == [("before",)]  # waits, then it gives way
     finish.set()
-    t.join(WAIT)
-    assert isinstance(outcome[0], safestore.StoreError)
-    assert "idle" in str(outcome[0])
+    with pytest.raises(safestore.StoreError, match="idle"):
+        w.join()
 
 
 def test_full_queue_times_out_and_writes_nothing(

@@ -6,12 +6,12 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, db_path
+from tests.conftest import SCHEMA, WAIT, Worker, db_path
 
 import safestore
 from safestore import dbapi
@@ -25,35 +25,6 @@ def conn(tmp_path: Path, backend: str, mode: str) -> Iterator[dbapi.Connection]:
     )
     yield c
     c.close()
-
-
-class Worker:
-    """A thread that runs `fn` and keeps its result or exception; `done` is set after."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.started = threading.Event()
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main)
-        self.thread.start()
-
-    def _main(self) -> None:
-        self.started.set()
-        try:
-            self.result = self.fn()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    def join(self) -> Any:
-        self.thread.join(WAIT)
-        assert not self.thread.is_alive(), "worker thread hung"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def values(conn: dbapi.Connection) -> list[str]:
