@@ -85,6 +85,8 @@ class Readers:
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
         self._closed = False
+        #: Set while a read runs on the shared connection (written under `_lock`).
+        self._shared_read: threading.Event | None = None
 
     def read(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """Run a read-only statement on this thread's connection. Thread-safe."""
@@ -96,7 +98,13 @@ class Readers:
         with entry.use:
             if entry.closed:
                 raise StoreClosedError("the store is closed")
-            return self.backend.read(entry.conn, sql, params, shared=False)
+            try:
+                return self.backend.read(entry.conn, sql, params, shared=False)
+            except Exception as exc:
+                # close() interrupts running reads; say so rather than "interrupted".
+                if self._closed:
+                    raise _closed_during_read() from exc
+                raise
 
     def _read_shared(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         assert self.shared_lock is not None
@@ -109,9 +117,23 @@ class Readers:
                 f"the store's connection stayed busy with writes for {self.timeout:.1f}s"
             )
         try:
-            if self._closed:
-                raise StoreClosedError("the store is closed")
-            return self.backend.read(self.writer_conn, sql, params, shared=True)
+            with self._lock:
+                if self._closed:
+                    raise StoreClosedError("the store is closed")
+                self._shared_read = done = threading.Event()
+            try:
+                return self.backend.read(self.writer_conn, sql, params, shared=True)
+            except Exception as exc:
+                if self._closed:
+                    raise _closed_during_read() from exc
+                raise
+            finally:
+                # Cleared before the shared lock is released: close() interrupts the
+                # connection only while this flag says a read runs on it, so its
+                # interrupt can never hit a write that takes the lock after us.
+                with self._lock:
+                    self._shared_read = None
+                done.set()
         finally:
             self.shared_lock.release()
 
@@ -163,9 +185,33 @@ class Readers:
             return sum(1 for e in self._entries if not e.closed)
 
     def close(self) -> None:
-        """Close every read connection, other threads' included. Idempotent."""
+        """Close every read connection, other threads' included, and end a read running
+        on the shared connection. Idempotent."""
         with self._lock:
             self._closed = True
             entries, self._entries = self._entries, []
         for entry in entries:
             self._close_entry(entry)
+        self._interrupt_shared_read()
+
+    def _interrupt_shared_read(self) -> None:
+        # No read can start on the shared connection any more (`_closed` is set); end
+        # the one running, if any, so that closing does not wait for it. The interrupt is
+        # sent under `_lock` while `_shared_read` is set, so it lands on that read, never
+        # on a write that follows it. It is repeated because one that lands before the
+        # read's statement starts does nothing.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            with self._lock:
+                done = self._shared_read
+                if done is None:
+                    return
+                self.backend.interrupt(self.writer_conn)
+            if done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+                return
+            if time.monotonic() >= deadline:
+                return  # the engine close that follows waits for it, bounded on its own
+
+
+def _closed_during_read() -> StoreClosedError:
+    return StoreClosedError("the store was closed while this read ran; the read was interrupted")

@@ -110,33 +110,6 @@ def test_memory_database_is_one_database(make_store: Any) -> None:
     assert seen == [1]
 
 
-def test_close_interrupts_a_long_read(make_store: Any, mode: str) -> None:
-    """close() interrupts a reader's long query on another thread, then closes."""
-    if mode == "lock":
-        pytest.skip("lock mode runs reads under the store's lock; close waits for them")
-    store = make_store(setup=SCHEMA)
-    started = threading.Event()
-    outcome: list[BaseException | None] = []
-
-    def reader() -> None:
-        count(store)  # open this thread's cursor first
-        started.set()
-        try:
-            store.query(LONG_QUERY)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    t = threading.Thread(target=reader)
-    t.start()
-    assert started.wait(WAIT)
-    store.close()
-    t.join(WAIT)
-    assert not t.is_alive()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], safestore.Error)  # interrupted, or closed before it ran
-
-
 # --- one writing process ------------------------------------------------------------
 
 

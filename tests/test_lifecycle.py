@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, count, db_path, fork_and_report, freeze
+from tests.conftest import SCHEMA, WAIT, Worker, count, db_path, fork_and_report, freeze
 
 import safestore
 from safestore import _writer
@@ -127,6 +127,35 @@ def test_close_closes_other_threads_read_connections(store: safestore.Store) -> 
     closed.set()
     t.join(WAIT)
     assert len(after) == 1
+
+
+# Run until interrupted (no table: the same on every backend, file or memory).
+ENDLESS_READ = {
+    "sqlite": "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) "
+    "SELECT count(*) FROM c",
+    "duckdb": "SELECT count(*) FROM range(100000000000) t(i) WHERE hash(i) % 7 = 0",
+}
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["file", "memory"])
+def test_close_interrupts_a_running_read_with_store_closed_error(
+    make_store: Callable[..., safestore.Store], backend: str, memory: bool
+) -> None:
+    """close() ends another thread's endless read: the reader gets StoreClosedError (not
+    the engine's "interrupted"), and close() returns without waiting for the read."""
+    store = make_store(":memory:" if memory else None, timeout=WAIT)
+    started = threading.Event()
+
+    def reader() -> Any:
+        count(store, "sqlite_master" if backend == "sqlite" else "duckdb_tables()")
+        started.set()
+        return store.query(ENDLESS_READ[backend])
+
+    worker = Worker(reader)
+    assert started.wait(WAIT)
+    store.close()  # would raise TimeoutError (lock mode) or wait forever if not interrupted
+    with pytest.raises(safestore.StoreClosedError):
+        worker.join()
 
 
 def test_dead_threads_connections_are_released(store: safestore.Store) -> None:
