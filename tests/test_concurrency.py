@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -231,6 +232,76 @@ def test_transaction_the_engine_rolled_back_commits_nothing(
         assert store.query("SELECT v FROM t") == [("before",)]
         store.insert("t", {"v": "after"})
         assert count(store) == 2
+
+
+@pytest.mark.parametrize("culprit", ["statement", "run-raises", "run-raises-own", "run-swallows"])
+def test_group_the_engine_rolled_back_fails_only_the_culprit(
+    tmp_path: Path, mode: str, culprit: str
+) -> None:
+    """A write that makes SQLite roll back the whole group transaction (a ROLLBACK
+    conflict clause, RAISE(ROLLBACK), also inside a run() function that swallows the
+    error) fails only its own caller: the run() functions and writes around it commit,
+    each exactly once, and the culprit's function is not called again."""
+    schema = (
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+        "CREATE TRIGGER refuse BEFORE INSERT ON t WHEN NEW.v = 'refused'"
+        " BEGIN SELECT RAISE(ROLLBACK, 'refused'); END;"
+        "INSERT INTO t VALUES (1, 'before');"
+    )
+    calls: dict[str, int] = {"before": 0, "after": 0, "culprit": 0}
+
+    def innocent(conn: Any, name: str, row_id: int) -> str:
+        calls[name] += 1
+        conn.execute("INSERT INTO t VALUES (?, ?)", (row_id, name))
+        return name
+
+    def guilty(conn: Any) -> str:
+        calls["culprit"] += 1
+        try:
+            conn.execute("INSERT INTO t VALUES (20, 'refused')")
+        except sqlite3.DatabaseError:
+            if culprit == "run-raises":
+                raise
+            if culprit == "run-raises-own":
+                raise ValueError("the function's own error") from None
+        return "swallowed"
+
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        gate, held = freeze(store)  # queue mode: what follows is one group
+        futures = {
+            "before": store.run(innocent, "before", 10, wait=False),
+            "insert": store.insert("t", {"id": 11, "v": "insert"}, wait=False),
+            "culprit": (
+                store.execute("INSERT OR ROLLBACK INTO t VALUES (1, 'dup')", wait=False)
+                if culprit == "statement"
+                else store.run(guilty, wait=False)
+            ),
+            "after": store.run(innocent, "after", 12, wait=False),
+            "execute": store.execute("INSERT INTO t VALUES (13, 'execute')", wait=False),
+        }
+        gate.release()
+        assert held.result(WAIT) == "held"
+        expected = {
+            "statement": safestore.IntegrityError,
+            "run-raises": safestore.IntegrityError,
+            "run-raises-own": ValueError,
+            "run-swallows": safestore.StoreError,
+        }[culprit]
+        with pytest.raises(expected):
+            futures.pop("culprit").result(WAIT)
+        assert {k: f.result(WAIT) is not None for k, f in futures.items()} == dict.fromkeys(
+            futures, True
+        )
+        assert store.query("SELECT id, v FROM t ORDER BY id") == [
+            (1, "before"),
+            (10, "before"),
+            (11, "insert"),
+            (12, "after"),
+            (13, "execute"),
+        ]
+        assert calls["after"] == 1  # never ran before the rollback: runs once
+        assert calls["before"] in (1, 2)  # rolled back with the group, then run again
+        assert calls["culprit"] == (0 if culprit == "statement" else 1)
 
 
 @pytest.mark.parametrize("target", ["file", ":memory:"])

@@ -50,6 +50,14 @@ def _insert_sql(table: str, columns: tuple[str, ...], nrows: int, returning: str
     return f"{sql} RETURNING {returning}" if returning else sql
 
 
+class _TransactionEnded(Exception):
+    """A request returned after the engine had rolled back the group's transaction."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class SQLiteBackend:
     """`Backend` for SQLite files and ``:memory:``."""
 
@@ -206,6 +214,7 @@ class SQLiteBackend:
     def commit_group(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
         if len(requests) == 1 and not isinstance(requests[0], Run):
             return self._alone(conn, requests[0])
+        req: Request | None = None  # the request being applied, if the group fails
         try:
             outcomes: list[Outcome] = []
             i, n = 0, len(requests)
@@ -225,36 +234,59 @@ class SQLiteBackend:
                     continue
                 outcomes.append(self._isolated(conn, req))
                 i += 1
+            req = None  # from here on, a failure is the commit's: no single culprit
             self.commit(conn)
-        except sqlite3.Error:
+        except (sqlite3.Error, _TransactionEnded) as exc:
             self.rollback(conn)
-            if any(isinstance(r, Run) and not r.lendable for r in requests):
-                # A user's run() function must not run twice: the group fails as a
-                # whole. safestore's own statement runners (LendableRun, one DB-API
-                # statement each) have no effect outside the rolled-back transaction,
-                # so they are retried like any other request.
-                raise
             # The transaction as a whole failed, so the savepoints could not isolate the
-            # culprit: SQLITE_FULL or an I/O error can roll back the entire transaction,
-            # and a deferred constraint fails only at COMMIT. Nothing is committed, so
-            # retry each request in a transaction of its own: only the culprit(s) fail,
-            # never the other callers (guarantee 3). Linear, and only on this path.
-            return self._one_by_one(conn, requests)
+            # culprit: a ROLLBACK conflict clause or RAISE(ROLLBACK), SQLITE_FULL or an
+            # I/O error roll back the entire transaction, and a deferred constraint
+            # fails only at COMMIT. Nothing is committed, so retry each request in a
+            # transaction of its own: only the culprit(s) fail, never the other callers
+            # (guarantee 3). Linear, and only on this path.
+            culprit = None
+            if isinstance(req, Run) and not req.lendable:
+                # A user's run() function that ended the transaction is not called again.
+                err = exc.error if isinstance(exc, _TransactionEnded) else translate(exc)
+                culprit = (req, None, err)
+            return self._one_by_one(conn, requests, culprit)
         except BaseException:
             self.rollback(conn)
             raise
         return outcomes
 
-    def _one_by_one(self, conn: Any, requests: Sequence[Request]) -> list[Outcome]:
-        """Commit each request in its own transaction, in order (no run() functions)."""
+    def _one_by_one(
+        self, conn: Any, requests: Sequence[Request], culprit: Outcome | None
+    ) -> list[Outcome]:
+        """Commit each request in its own transaction, in order; `culprit`, if given,
+        is the outcome of the request that ended the group's transaction.
+
+        User run() functions that ran before the culprit are called again here: the
+        engine rolled back everything they did, and failing them would fail innocent
+        callers. Those after it had not run yet.
+        """
         outcomes: list[Outcome] = []
         for req in requests:
             if isinstance(req, Flush):
                 outcomes.append((req, None, None))
                 continue
+            if culprit is not None and req is culprit[0]:
+                outcomes.append(culprit)
+                continue
             try:
                 self.begin(conn)
-                outcomes.extend(self._alone(conn, req))
+                if isinstance(req, Run) and not req.lendable:
+                    outcome = self._isolated(conn, req)  # fn may not leave it alone
+                    if outcome[2] is None:
+                        self.commit(conn)
+                    else:
+                        self.rollback(conn)
+                    outcomes.append(outcome)
+                else:
+                    outcomes.extend(self._alone(conn, req))
+            except _TransactionEnded as exc:
+                self.rollback(conn)
+                outcomes.append((req, None, exc.error))
             except Exception as exc:
                 self.rollback(conn)
                 outcomes.append((req, None, translate(exc)))
@@ -288,15 +320,21 @@ class SQLiteBackend:
             value = self.apply(conn, req)
         except BaseException as exc:  # SystemExit from a run() function is its own error
             if not conn.in_transaction:  # the engine already rolled everything back
-                raise
+                raise _TransactionEnded(translate(exc)) from exc
             conn.execute("ROLLBACK TO safestore_req")
             conn.execute("RELEASE safestore_req")
             return (req, None, translate(exc))
         if not conn.in_transaction:
-            # Cannot happen through the guards above (transaction control is refused);
-            # if it does, the group's earlier work may be gone: fail the whole group
-            # rather than report it committed.
-            raise StoreError("the write transaction ended in the middle of a group commit")
+            # The request returned, but the engine rolled back the whole transaction
+            # under it: a run() function that caught the error of a ROLLBACK conflict
+            # clause or of RAISE(ROLLBACK). The group's earlier work is gone with it.
+            raise _TransactionEnded(
+                StoreError(
+                    "the engine rolled back the whole transaction during this write (a "
+                    "ROLLBACK conflict clause or RAISE(ROLLBACK) whose error was caught); "
+                    "nothing of it was committed"
+                )
+            )
         conn.execute("RELEASE safestore_req")
         return (req, value, None)
 
