@@ -14,7 +14,7 @@ import atexit
 import logging
 import os
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -70,6 +70,18 @@ def _after_fork_in_child() -> None:
         _orphaned.extend(store._detach_after_fork())
     live.clear()
     _never_free(_orphaned)
+
+
+def leave_forked_child(why: str) -> NoReturn:
+    """End a forked child that is running on a copy of one of our threads.
+
+    `os._exit`: no atexit hooks, no flushing of the parent's buffers or closing of its
+    inherited connections, none of which this child owns.
+    """
+    try:
+        os.write(2, f"safestore: {why} (pid {os.getpid()})\n".encode())
+    finally:
+        os._exit(1)
 
 
 def _never_free(obj: object) -> None:

@@ -18,6 +18,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from . import _lifecycle
 from .errors import ProgrammingError
 
 
@@ -329,6 +330,27 @@ class Run(Request):
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+
+    def call(self, conn: Any) -> Any:
+        """Call ``fn(conn, *args, **kwargs)``; on the thread that holds the connection.
+
+        A function that forks comes back twice. In the child it comes back inside the
+        parent's write transaction (in queue mode on a copy of the writer, the child's
+        only thread, where nothing of the caller's program runs): anything more done on
+        the inherited connection (the rest of the group, the COMMIT) would write the
+        parent's unfinished transaction into its file. So the child leaves at once,
+        without a word to the database.
+        """
+        generation = _lifecycle.fork_generation
+        try:
+            return self.fn(conn, *self.args, **self.kwargs)
+        finally:
+            if _lifecycle.fork_generation != generation:
+                _lifecycle.leave_forked_child(
+                    "a run() function forked the process inside the store's write "
+                    "transaction, which belongs to the parent: the child cannot go on "
+                    "from there, so it exits now. Fork outside run() instead"
+                )
 
 
 class LendableRun(Run):

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -309,6 +310,35 @@ def test_writer_death_fails_everyone_at_once(
     assert time.monotonic() - start < WAIT / 2
     monkeypatch.undo()
     store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_inside_a_run_function_ends_the_child_at_once(
+    store: safestore.Store, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A run() function that forks: the child, inside the parent's write transaction,
+    exits at once with a message instead of committing it (or hanging in a copy of the
+    writer); the parent commits its group once and goes on."""
+    gate, held = freeze(store)
+
+    def fork(conn: Any) -> int:
+        conn.execute("INSERT INTO t (v) VALUES ('by fn')")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            return os.fork()
+
+    forked = store.run(fork, wait=False)
+    after = store.insert("t", {"v": "after"}, wait=False)  # queue mode: the same group
+    gate.release()
+    assert held.result(WAIT) == "held"
+    pid = forked.result(WAIT)
+    assert pid > 0  # only the parent ever gets here
+    _, status = os.waitpid(pid, 0)  # bounded by the test's timeout
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert "forked the process inside the store's write transaction" in capfd.readouterr().err
+    assert after.result(WAIT).rowcount == 1
+    store.insert("t", {"v": "later"})
+    assert store.query("SELECT v FROM t ORDER BY id") == [("by fn",), ("after",), ("later",)]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

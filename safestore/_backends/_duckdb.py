@@ -305,7 +305,7 @@ class DuckDBBackend(GroupCommit):
             conn.fetchall()
             return Result(rowcount, None, [])
         if isinstance(request, Run):
-            return request.fn(conn, *request.args, **request.kwargs)
+            return request.call(conn)
         if isinstance(request, Flush):
             return None
         raise TypeError(f"the DuckDB backend cannot apply {type(request).__name__}")

@@ -229,7 +229,7 @@ class GroupCommit:
             return (req, None, translate(exc))
         try:
             self._appenders.clear()  # fn may change the schema
-            value = req.fn(conn, *req.args, **req.kwargs)
+            value = req.call(conn)
         except BaseException as exc:  # SystemExit from fn too: it is fn's own error
             self.rollback(conn)
             return (req, None, translate(exc))

@@ -171,7 +171,7 @@ def _call_run(conn: Any, request: Run) -> Any:
     # prepared statements, so this costs a re-prepare, only around run().
     conn.set_authorizer(_run_authorizer)
     try:
-        return request.fn(conn, *request.args, **request.kwargs)
+        return request.call(conn)
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_AUTH:
             raise ProgrammingError(
