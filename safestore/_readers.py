@@ -98,13 +98,7 @@ class Readers:
         with entry.use:
             if entry.closed:
                 raise StoreClosedError("the store is closed")
-            try:
-                return self.backend.read(entry.conn, sql, params, shared=False)
-            except Exception as exc:
-                # close() interrupts running reads; say so rather than "interrupted".
-                if self._closed:
-                    raise _closed_during_read() from exc
-                raise
+            return self._run(entry.conn, sql, params, shared=False)
 
     def _read_shared(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         assert self.shared_lock is not None
@@ -122,11 +116,7 @@ class Readers:
                     raise StoreClosedError("the store is closed")
                 self._shared_read = done = threading.Event()
             try:
-                return self.backend.read(self.writer_conn, sql, params, shared=True)
-            except Exception as exc:
-                if self._closed:
-                    raise _closed_during_read() from exc
-                raise
+                return self._run(self.writer_conn, sql, params, shared=True)
             finally:
                 # Cleared before the shared lock is released: close() interrupts the
                 # connection only while this flag says a read runs on it, so its
@@ -136,6 +126,17 @@ class Readers:
                 done.set()
         finally:
             self.shared_lock.release()
+
+    def _run(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
+        try:
+            return self.backend.read(conn, sql, params, shared=shared)
+        except Exception as exc:
+            # close() interrupts running reads: say so, rather than "interrupted".
+            if self._closed:
+                raise StoreClosedError(
+                    "the store was closed while this read ran; the read was interrupted"
+                ) from exc
+            raise
 
     def _open(self) -> _Entry:
         entry = _Entry(self.backend.connect_reader(self.writer_conn))
@@ -211,7 +212,3 @@ class Readers:
                 return
             if time.monotonic() >= deadline:
                 return  # the engine close that follows waits for it, bounded on its own
-
-
-def _closed_during_read() -> StoreClosedError:
-    return StoreClosedError("the store was closed while this read ran; the read was interrupted")
