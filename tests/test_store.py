@@ -90,6 +90,26 @@ def test_executemany_sums_rowcount(store: safestore.Store) -> None:
     assert count(store) == 7
 
 
+def test_executemany_with_returning_counts_and_returns_the_rows(store: safestore.Store) -> None:
+    """executemany() of a statement with RETURNING: rowcount is the real sum (sqlite3 says
+    0 and duckdb -1) and `rows` holds every parameter set's RETURNING rows, in order;
+    also inside a transaction, and with the word only inside a string."""
+    res = store.executemany(
+        "INSERT INTO t (id, v) VALUES (?, ?) RETURNING id", [(i, str(i)) for i in range(3)]
+    )
+    assert (res.rowcount, res.rows) == (3, [(0,), (1,), (2,)])
+    res = store.executemany("UPDATE t SET n = 1 WHERE id <= ? RETURNING v", [(0,), (1,)])
+    assert (res.rowcount, sorted(res.rows)) == (3, [("0",), ("0",), ("1",)])
+    with store.transaction() as tx:
+        res = tx.executemany("DELETE FROM t WHERE id = ? RETURNING id", [(0,), (9,), (2,)])
+        assert (res.rowcount, res.rows) == (2, [(0,), (2,)])
+    res = store.executemany(
+        "INSERT INTO t (id, v) VALUES (?, 'returning' || ?)", [(7, "a"), (8, "b")]
+    )
+    assert (res.rowcount, res.rows) == (2, [])
+    assert store.query("SELECT id FROM t ORDER BY id") == [(1,), (7,), (8,)]
+
+
 def test_run_returns_value_and_commits(store: safestore.Store) -> None:
     """run(fn) returns fn's value; its writes commit."""
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import duckdb
 
+from .._dbapi_sql import has_returning
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Rows, Run
 from ..errors import (
     DataError,
@@ -280,26 +281,35 @@ class DuckDBBackend(GroupCommit):
 
     # --- single requests -------------------------------------------------------------
 
+    def _execute(self, conn: Any, sql: str, params: Any) -> Result:
+        conn.execute(sql, _params(params))
+        if conn.description is None:
+            # No statement at all (empty, or only comments): nothing ran, and there is
+            # no result to drain. SQLite treats it the same way.
+            return Result(-1, None, [])
+        rowcount = conn.rowcount
+        rows = conn.fetchall()  # always drain: an open result blocks appender flushes
+        if rowcount == -1 and self._is_dml(conn, sql):
+            rowcount = len(rows)  # DML with RETURNING: duckdb reports -1
+        elif rowcount != -1:
+            rows = []  # the engine's one-row count result, not RETURNING rows
+        return Result(rowcount, None, rows)
+
     def _apply_one(self, conn: Any, request: Request) -> Any:
         if isinstance(request, Insert):
             return self._apply_unit(conn, (request,))[0]
         self._appenders.clear()  # the statement may change the schema
         if isinstance(request, Execute):
-            conn.execute(request.sql, _params(request.params))
-            if conn.description is None:
-                # No statement at all (empty, or only comments): nothing ran, and there
-                # is no result to drain. SQLite treats it the same way.
-                return Result(-1, None, [])
-            rowcount = conn.rowcount
-            rows = conn.fetchall()  # always drain: an open result blocks appender flushes
-            if rowcount == -1 and self._is_dml(conn, request.sql):
-                rowcount = len(rows)  # DML with RETURNING: duckdb reports -1
-            elif rowcount != -1:
-                rows = []  # the engine's one-row count result, not RETURNING rows
-            return Result(rowcount, None, rows)
+            return self._execute(conn, request.sql, request.params)
         if isinstance(request, ExecuteMany):
             if not request.seq_of_params:
                 return Result(0, None, [])
+            if has_returning(request.sql):
+                # duckdb's executemany keeps only the last set's RETURNING rows and
+                # reports rowcount -1: run each set on its own, and sum.
+                each = [self._execute(conn, request.sql, p) for p in request.seq_of_params]
+                rows = [row for result in each for row in result.rows]
+                return Result(sum(max(r.rowcount, 0) for r in each), None, rows)
             conn.executemany(request.sql, [_params(p) for p in request.seq_of_params])
             rowcount = conn.rowcount
             conn.fetchall()

@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from .._dbapi_sql import is_insert
+from .._dbapi_sql import has_returning, is_insert
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
 from ..errors import StoreError, TimeoutError, translate
 from . import Config, Outcome
@@ -441,6 +441,8 @@ class SQLiteBackend:
         if isinstance(request, ExecuteMany):
             _refuse_transaction_control(request.sql)
             self._returning.clear()
+            if has_returning(request.sql):
+                return _each_returning(conn, request)
             cur = conn.executemany(request.sql, request.seq_of_params)
             try:
                 return Result(cur.rowcount, None, [])
@@ -473,6 +475,20 @@ class SQLiteBackend:
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
         # The authorizer, the SQLITE_SCHEMA retry and ReadOnlyError: see _sqlite_guard.py.
         return _guarded_read(conn, sql, params, shared=shared)
+
+
+def _each_returning(conn: Any, request: ExecuteMany) -> Result:
+    """executemany() of a statement that may have a RETURNING clause, one parameter set
+    at a time: sqlite3's executemany drops RETURNING rows and counts 0 for them."""
+    rowcount, rows = 0, []
+    for params in request.seq_of_params:
+        cur = conn.execute(request.sql, params)
+        try:
+            rows.extend(cur.fetchall())
+            rowcount += max(cur.rowcount, 0)  # -1 for a statement that changes nothing
+        finally:
+            cur.close()
+    return Result(rowcount, None, rows)
 
 
 def make_backend(config: Config) -> SQLiteBackend:
