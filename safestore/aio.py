@@ -5,18 +5,29 @@ How each kind of call avoids blocking the event loop:
 - Writes (queue mode). The request is put on the writer's queue from the loop thread
   with a deadline of "now", which never waits; the coroutine then awaits the request's
   `concurrent.futures.Future` through `asyncio.wrap_future`. Only when the queue is full
-  (backpressure) is the submission handed to a thread, which waits for room.
+  (backpressure) is the submission handed to a write helper thread, which waits for
+  room.
 - Writes (lock mode, and read-only stores). The write runs on the caller's thread in
   `Store`, holding the store's lock and committing: here that thread is one of the
-  store's helper threads, never the loop's.
-- Reads, `flush()` and `close()` run on the helper threads (a small
-  `ThreadPoolExecutor` per `AsyncStore`, threads named ``safestore-aio-<file>``); each
-  helper thread keeps its own read connection, like any thread using a `Store`.
+  store's write helper threads, never the loop's.
+- Reads run on the read helper threads, `flush()` on the write helper threads: two
+  `ThreadPoolExecutor`s per `AsyncStore` (threads named ``safestore-aio-read-<file>``
+  and ``safestore-aio-write-<file>``), so that a read never waits for a helper thread
+  held by a write waiting for queue room or for the lock (`Store` promises that reads
+  are never queued behind writes). Each read helper keeps its own read connection, like
+  any thread using a `Store`. `close()` runs on a thread of its own.
 - A transaction runs on a thread of its own (a one-thread executor per
   `async with store.transaction()` block): the writer connection is handed to the thread
   that opened the block, and in lock mode the store's lock must be released by the
   thread that took it, so every statement, the commit and the rollback of one block run
   on the same thread.
+
+Deadlines. Every call is bounded by the store's `timeout` (`flush(timeout)`: by its
+own) counted from the moment it is called, however long it waits for a helper thread:
+the coroutine awaits under one `asyncio.timeout` for the whole call, and the part that
+waits inside `Store` gets only the time that is left. A call still waiting for a helper
+thread at its deadline never starts; a write is then withdrawn (its future cancelled
+before any engine could claim it), so its `TimeoutError` means nothing of it is written.
 
 Cancellation. A write is never applied in part. When the task awaiting a write is
 cancelled (or the store's `timeout` passes), the write is withdrawn if the engine has
@@ -39,8 +50,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from ._args import check_sql
+from ._args import check_sql, check_timeout
 from ._group import after_timeout
+from ._locked import LockEngine
 from ._requests import Execute, ExecuteMany, Request, Result, Run, build_insert
 from ._store import Stats, Store
 from ._transaction import Transaction
@@ -67,12 +79,21 @@ class AsyncStore:
 
     Every coroutine is safe to run from any number of tasks at once, and none of them
     blocks the event loop: writes await the writer, reads and other blocking work run on
-    helper threads. Each call is bounded by the store's `timeout`, like `Store`'s.
+    helper threads. Each call is bounded by the store's `timeout`, counted from the
+    moment it is called (time spent waiting for a helper thread included), and ends in
+    `safestore.TimeoutError` past it, like `Store`'s.
+
+    Helper threads come in two pools of ``threads`` each, started on first use. Reads
+    run on the read pool; the calls that wait on a thread for the write side run on the
+    write pool: a queue-mode write waiting for room in a full queue, every lock-mode
+    write, and `flush()`. So reads never wait for a helper thread behind writes (in lock
+    mode a read still waits for the store's lock, by design).
 
     Args:
         target: a path, ``":memory:"``, or a ``sqlite:///`` / ``duckdb:///`` URL.
-        threads: helper threads for reads, lock-mode writes and `flush`; at most this
-            many reads run at once. Default 4.
+        threads: size of each helper pool: at most this many reads run at once, and at
+            most this many writes and flushes wait on threads at once (the others wait
+            for a thread, within their `timeout`). Default 4.
         backend: ``"sqlite"``, ``"duckdb"`` or None (from the URL or file suffix).
         mode: ``"queue"`` (writer thread, group commit) or ``"lock"``.
         durability: ``"full"`` (survives power loss) or ``"normal"`` (a process crash).
@@ -108,11 +129,25 @@ class AsyncStore:
             read_only=read_only,
         )
         self._timeout = timeout
+        self._threads = threads
         # Queue mode can enqueue from the loop thread without waiting; everything else
         # that writes (lock mode, read-only stores refusing) goes through a helper.
         self._queued = isinstance(self._store._engine, QueueEngine)
         name = os.path.basename(self._store.path) or self._store.path
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=f"safestore-aio-{name}")
+        # Two pools, so that reads never wait for a thread held by a write that waits for
+        # queue room or for the lock (or by a flush waiting for the writer).
+        self._reads = ThreadPoolExecutor(threads, thread_name_prefix=f"safestore-aio-read-{name}")
+        self._writes = ThreadPoolExecutor(threads, thread_name_prefix=f"safestore-aio-write-{name}")
+        # Lock mode: reads share the writer's connection under the engine's RLock, which
+        # `Readers` waits for with the store's whole timeout. A read helper takes it first
+        # with only what is left of the call's time (it is reentrant, so the read then
+        # gets it at once): the call ends on time and the helper is free again.
+        # (In-memory SQLite in queue mode shares a plain Lock: not reentrant, not taken.)
+        # (Read-only stores read on their own connections: no lock either.)
+        engine, shared = self._store._engine, self._store._readers.shared_lock
+        self._read_lock = (
+            shared if isinstance(engine, LockEngine) and shared is engine.lock else None
+        )
         # Set once by the first close(); later close() calls await the same work.
         self._closing: Future[None] | None = None
         self._close_lock = threading.Lock()  # guards _closing (close() from several loops)
@@ -201,36 +236,43 @@ class AsyncStore:
     async def _write(self, req: Request) -> Any:
         """Submit `req` without blocking the loop and await its outcome (see the module
         docstring for what cancellation and timeouts do)."""
-        loop = asyncio.get_running_loop()
         store = self._store
         deadline = time.monotonic() + self._timeout
         # The future exists before the request leaves this thread, so that a
-        # cancellation at any moment cancels the one the engine will look at.
+        # cancellation (or the deadline) at any moment cancels the one the engine will
+        # look at, even while the request still waits for a helper thread.
         req.future = Future()
-        handed_off: asyncio.Future[Any] | None = None
+        handed_off: Future[None] | None = None
         if self._queued:
             try:
                 # A deadline already passed: takes a free queue slot or fails at once.
                 store._submit(req, False, time.monotonic())
             except TimeoutError:
-                # The queue is full: wait for room on a helper thread.
-                handed_off = self._to_pool(loop, store._submit, req, False, deadline)
+                # The queue is full: wait for room on a write helper thread.
+                handed_off = self._to_pool(self._writes, self._submit_by, req, deadline)
         else:
-            handed_off = self._to_pool(loop, store._submit, req, False, deadline)
+            handed_off = self._to_pool(self._writes, self._submit_by, req, deadline)
         scope: asyncio.Timeout | None = None
         try:
-            if handed_off is not None:
-                # Raises what submitting raised: closed store, no room or lock in time.
-                await handed_off
-            # Wrapping ties cancellation of this await to req.future.cancel(), which
-            # withdraws the request if the engine has not claimed it.
-            assert isinstance(req.future, Future)  # _submit(wait=False) made it one
-            waiter = asyncio.wrap_future(req.future)
+            # One bound for the whole call, from the moment it was made: waiting for a
+            # helper thread, for queue room or the lock, and for the result.
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())) as scope:
-                return await waiter
+                if handed_off is not None:
+                    # Raises what submitting raised: closed store, no room or lock in
+                    # time. Cancelling this await (the deadline, the task) also takes the
+                    # job off the write pool if no helper thread has picked it up.
+                    await asyncio.wrap_future(handed_off)
+                # Wrapping ties cancellation of this await to req.future.cancel(), which
+                # withdraws the request if the engine has not claimed it.
+                assert isinstance(req.future, Future)  # _submit(wait=False) made it one
+                return await asyncio.wrap_future(req.future)
         except builtins.TimeoutError:
             if scope is not None and scope.expired():
+                # Withdraws it unless the engine has claimed it: a helper thread that
+                # submits it after this point submits a cancelled request, which no
+                # engine runs (`run_group` claims only futures not cancelled).
                 return self._after_timeout(req)
+            req.future.cancel()  # never submitted, or already failed: a no-op for safety
             raise  # the write's own error, or no room in the queue / no lock in time
         except BaseException:
             # Cancelled (or the submission failed): withdraw the request if the engine
@@ -239,6 +281,19 @@ class AsyncStore:
             # does (it is written whole).
             req.future.cancel()
             raise
+
+    def _submit_by(self, req: Request, deadline: float) -> None:
+        """On a write helper thread: submit `req` unless its caller gave up, waiting
+        for queue room (queue mode) or running it under the lock (lock mode) at most
+        until the call's own `deadline`."""
+        if req.future.cancelled():
+            return  # the task was cancelled or timed out while this waited for a thread
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"no write helper thread was free within {self._timeout:.1f}s (all "
+                f"{self._threads} busy); nothing of this request was written"
+            )
+        self._store._submit(req, False, deadline)
 
     def _after_timeout(self, req: Request) -> Any:
         return after_timeout(req.future, self._timeout)
@@ -260,8 +315,33 @@ class AsyncStore:
         statement would write. See `Store.query`.
         """
         self._check_read()
-        rows: list[tuple[Any, ...]] = await self._in_pool(self._store.query, sql, params)
+        deadline = time.monotonic() + self._timeout
+        rows: list[tuple[Any, ...]] = await self._bounded(
+            self._reads, deadline, self._timeout, "query()", self._read_by, deadline, sql, params
+        )
         return rows
+
+    def _read_by(self, deadline: float, sql: str, params: Params) -> list[tuple[Any, ...]]:
+        """On a read helper thread: run the read unless its deadline has passed."""
+        if time.monotonic() >= deadline:
+            # Picked up just as the call timed out: a read that has not started by its
+            # deadline does not start (its caller has its TimeoutError already).
+            raise TimeoutError(
+                f"no read helper thread was free within {self._timeout:.1f}s "
+                f"(all {self._threads} busy); the read did not run"
+            )
+        lock = self._read_lock
+        if lock is None:
+            return self._store.query(sql, params)
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(
+                f"the store's lock stayed held by another thread for {self._timeout:.1f}s "
+                "(lock mode); the read did not run"
+            )
+        try:
+            return self._store.query(sql, params)
+        finally:
+            lock.release()
 
     async def query_one(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
         """Like `query` but return only the first row, or None."""
@@ -296,7 +376,18 @@ class AsyncStore:
         """Return once every write accepted before this call has committed or failed."""
         self._check_open()
         self._refuse_in_block("flush()")
-        await self._in_pool(self._store.flush, timeout)
+        limit = self._timeout if timeout is None else check_timeout(timeout, "timeout")
+        deadline = time.monotonic() + limit
+        await self._bounded(self._writes, deadline, limit, "flush()", self._flush_by, deadline)
+
+    def _flush_by(self, deadline: float) -> None:
+        """On a write helper thread: flush with what is left of the call's time."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(
+                f"no write helper thread was free for flush() in time (all {self._threads} busy)"
+            )
+        self._store.flush(left)
 
     async def close(self, timeout: float | None = None) -> None:
         """Commit everything accepted, stop the writer, close every connection.
@@ -323,9 +414,12 @@ class AsyncStore:
         try:
             self._store.close(timeout)
         except BaseException:
-            self._pool.shutdown(wait=False)  # a close that timed out returns on time
+            # A close that timed out returns on time.
+            self._reads.shutdown(wait=False)
+            self._writes.shutdown(wait=False)
             raise
-        self._pool.shutdown(wait=True)
+        self._reads.shutdown(wait=True)
+        self._writes.shutdown(wait=True)
 
     async def stats(self) -> Stats:
         """A snapshot of the store's counters (never waits; a coroutine to mirror the
@@ -354,14 +448,36 @@ class AsyncStore:
         if self.closed:
             raise StoreClosedError(f"{self!r} is closed")
 
-    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._to_pool(asyncio.get_running_loop(), fn, *args)
+    async def _bounded(
+        self,
+        pool: ThreadPoolExecutor,
+        deadline: float,
+        limit: float,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+    ) -> T:
+        """Run ``fn(*args)`` on `pool` and await it until `deadline` (time.monotonic()).
 
-    def _to_pool(
-        self, loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any
-    ) -> asyncio.Future[T]:
+        For calls with nothing to withdraw (reads, flush). At the deadline the job is
+        taken off the pool if no thread has picked it up (and `fn` itself refuses to
+        start late, for the one a thread picks up at that very moment); one already
+        running is left to finish on its thread, its result unused.
+        """
+        job = self._to_pool(pool, fn, *args)
+        scope: asyncio.Timeout | None = None
         try:
-            return loop.run_in_executor(self._pool, fn, *args)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())) as scope:
+                return await asyncio.wrap_future(job)
+        except builtins.TimeoutError:
+            if scope is None or not scope.expired():
+                raise  # the call's own TimeoutError (the lock, the writer), message and all
+            state = "never started" if job.cancelled() else "was still waiting or running"
+            raise TimeoutError(f"{what} got no result within {limit:.1f}s; it {state}") from None
+
+    def _to_pool(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future[T]:
+        try:
+            return pool.submit(fn, *args)
         except RuntimeError:
             # The pool was shut down by a close() that raced with this call.
             raise StoreClosedError(f"{self!r} is closed") from None
@@ -492,17 +608,33 @@ def _exit_rolling_back(cm: Any) -> None:
 
 
 def _start_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
-    """Run `fn(*args)` on a new thread (not a pool's: close() shuts the pool down)."""
+    """Run `fn(*args)` on a new thread (not a pool's: close() shuts the pools down).
+
+    The thread is a daemon (a close that never ends must not keep the process alive),
+    and the awaiting task may well let the interpreter exit before the thread has
+    returned: a daemon thread still alive then is frozen for good, with whatever its
+    frames hold. So it lets go of `fn` and `args` (for close(), the store and its
+    connections) before it resolves the future that lets the task go on; after that it
+    holds only the future.
+    """
     fut: Future[None] = Future()
     fut.set_running_or_notify_cancel()
+    work = [(fn, args)]  # emptied by the thread, which then holds no reference to fn
+    del fn, args
 
     def main() -> None:
+        call, call_args = work.pop()
+        error: BaseException | None = None
         try:
-            fn(*args)
+            call(*call_args)
         except BaseException as exc:
-            fut.set_exception(exc)
-        else:
+            error = exc
+        del call, call_args
+        if error is None:
             fut.set_result(None)
+        else:
+            fut.set_exception(error)
+            del error  # its traceback holds the frames of `call`
 
     threading.Thread(target=main, name="safestore-aio-close", daemon=True).start()
     return fut

@@ -4,8 +4,10 @@ cancellation and timeouts."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -515,10 +517,10 @@ def test_close_that_times_out_fails_queued_calls_and_can_be_retried(make_astore:
     blocker = Blocker(astore)
 
     async def main() -> None:
-        # The only helper thread waits in flush() (for the writer, or for the lock),
-        # and the query waits for that thread.
+        # The only write helper thread waits in flush() (for the writer, or for the
+        # lock), and the second flush() waits for that thread.
         busy = asyncio.create_task(astore.flush())
-        queued = asyncio.create_task(astore.query("SELECT 1"))
+        queued = asyncio.create_task(astore.flush())
         await spin()
         with pytest.raises(safestore.TimeoutError):
             await astore.close(timeout=0.2)
@@ -567,3 +569,163 @@ def test_write_cancelled_while_handed_to_a_helper_is_withdrawn(
         assert await astore.query("SELECT v FROM t WHERE v = 'cancelled'") == []
 
     run(main())
+
+
+# --- helper threads and deadlines --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["queue"])  # lock mode: a read waits for the lock anyway
+def test_reads_never_wait_behind_writes_for_a_helper_thread(
+    make_astore: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the writer stalled and the queue full, a write waiting for room and a
+    flush() hold the helper threads for writes; a read still runs at once."""
+    astore = make_astore(threads=1, max_queue=1, timeout=5.0)
+    blocker = Blocker(astore)
+    flushing = threading.Event()
+    flush = astore.store.flush
+
+    def spy(*args: Any) -> None:
+        flushing.set()
+        flush(*args)
+
+    monkeypatch.setattr(astore.store, "flush", spy)
+
+    async def main() -> None:
+        try:
+            astore.store.insert("t", {"v": "fills the queue", "n": 0}, wait=False)
+            flusher = asyncio.create_task(astore.flush())
+            # The only write helper thread is now in flush(), waiting for the writer.
+            assert await asyncio.to_thread(flushing.wait, WAIT)
+            write = asyncio.create_task(astore.insert("t", {"v": "waits", "n": 1}))
+            await spin()
+            assert await astore.query("SELECT count(*) FROM t") == [(0,)]
+            # Had the read waited for a helper thread, the stalled write and flush would
+            # have timed out (store timeout) before it got one.
+            assert not write.done() and not flusher.done()
+        finally:
+            blocker.release()
+        await asyncio.wait_for(asyncio.gather(write, flusher), WAIT)
+        assert await count(astore) == 2
+
+    run(main())
+
+
+def test_a_read_waiting_for_a_helper_thread_times_out_on_time(
+    make_astore: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read's `timeout` counts from the call, not from when a helper thread takes it:
+    a read still waiting for one at its deadline raises TimeoutError then and never runs."""
+    timeout = 0.4
+    astore = make_astore(threads=1, timeout=timeout)
+    release = threading.Event()
+    ran: list[str] = []
+    query = astore.store.query
+
+    def slow_first(sql: str, params: Any = ()) -> Any:
+        ran.append(sql)
+        if len(ran) == 1:  # a long read holds the only read helper thread
+            assert release.wait(WAIT)
+        return query(sql, params)
+
+    monkeypatch.setattr(astore.store, "query", slow_first)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ended: list[float] = []
+
+        async def timed(sql: str) -> None:
+            start = loop.time()
+            with pytest.raises(safestore.TimeoutError):
+                await astore.query(sql)
+            ended.append(loop.time() - start)
+
+        try:
+            calls = [asyncio.create_task(timed(f"SELECT {i}")) for i in (1, 2, 3)]
+            # Bounded well below the release: without per-call deadlines the queued
+            # reads would wait for the long one, and then for `timeout` each in turn.
+            done, _ = await asyncio.wait(calls, timeout=10 * timeout)
+            assert len(done) == 3
+            for call in calls:
+                call.result()
+            assert max(ended) < 5 * timeout  # loose: a loaded machine is slow
+        finally:
+            release.set()
+        # Once the helper thread is free, a new read runs; the two that timed out never did.
+        assert await astore.query("SELECT 4") == [(4,)]
+        assert ran == ["SELECT 1", "SELECT 4"]
+
+    run(main())
+
+
+def test_a_write_waiting_for_a_helper_thread_is_withdrawn_at_its_deadline(
+    make_astore: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write still waiting for a helper thread at its deadline raises TimeoutError
+    then, and nothing of it is written later, when a thread comes free."""
+    timeout = 0.4
+    astore = make_astore(threads=1, max_queue=1, timeout=timeout)
+    flushing = threading.Event()
+    flush = astore.store.flush
+
+    def spy(*args: Any) -> None:
+        flushing.set()
+        flush(*args)
+
+    monkeypatch.setattr(astore.store, "flush", spy)
+    blocker = Blocker(astore)
+
+    async def main() -> None:
+        try:
+            if astore.mode == "queue":  # queue mode: a write needs a helper only when full
+                astore.store.insert("t", {"v": "fills the queue", "n": 0}, wait=False)
+            # A flush with a long timeout of its own holds the only write helper thread,
+            # waiting for queue room for its marker (queue mode) or for the lock.
+            flusher = asyncio.create_task(astore.flush(timeout=WAIT))
+            assert await asyncio.to_thread(flushing.wait, WAIT)
+            write = asyncio.create_task(astore.insert("t", {"v": "late", "n": 1}))
+            done, _ = await asyncio.wait([write], timeout=10 * timeout)
+            assert done, "the write waited past its timeout"
+            with pytest.raises(safestore.TimeoutError, match="nothing of"):
+                write.result()
+        finally:
+            blocker.release()
+        await asyncio.wait_for(flusher, WAIT)
+        await astore.flush()
+        assert await astore.query("SELECT v FROM t WHERE v = 'late'") == []
+
+    run(main())
+
+
+def test_close_thread_lets_go_of_the_store_before_the_task_resumes(
+    tmp_path: Path, backend: str, mode: str
+) -> None:
+    """Once `await close()` returns, nothing on close()'s thread keeps the store (and
+    its connections) alive, even if that daemon thread has not ended yet: one frozen by
+    interpreter exit would keep them past teardown (DuckDB then reports leaks)."""
+    astore = AsyncStore(db_path(tmp_path, backend), backend=backend, mode=mode, setup=SCHEMA)  # type: ignore[arg-type]
+    refs = [weakref.ref(astore), weakref.ref(astore.store)]
+    blocker = Blocker(astore)  # close() waits for it, on its thread
+    resolved, leave = threading.Event(), threading.Event()
+
+    def pause(fut: Any) -> None:  # runs on close()'s thread, inside set_result()
+        resolved.set()
+        assert leave.wait(WAIT)
+
+    async def main(astore: AsyncStore, blocker: Blocker) -> None:
+        closing = asyncio.create_task(astore.close())
+        await spin()
+        assert astore._closing is not None
+        astore._closing.add_done_callback(pause)
+        blocker.release()
+        await asyncio.wait_for(closing, WAIT)
+
+    try:
+        run(main(astore, blocker))
+        # The close thread runs this callback just after the one that wakes the task.
+        assert resolved.wait(WAIT)
+        del astore, blocker
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None]
+    finally:
+        leave.set()
