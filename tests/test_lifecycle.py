@@ -171,6 +171,24 @@ def test_dead_threads_connections_are_released(store: safestore.Store) -> None:
     assert store.stats().read_connections <= 2
 
 
+def test_closed_store_is_freed_without_the_cyclic_gc(
+    tmp_path: Path, backend: str, mode: str
+) -> None:
+    """A closed store, its engine and its backend (connection objects, DuckDB's
+    appenders) are freed as soon as the last reference goes, not at some later GC."""
+    store = safestore.Store(db_path(tmp_path, backend), mode=mode, setup=SCHEMA)
+    store.insert("t", {"v": "a"})
+    assert count(store) == 1
+    store.close()
+    refs = [weakref.ref(store), weakref.ref(store._engine), weakref.ref(store._engine_backend)]
+    gc.disable()
+    try:
+        del store
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()
+
+
 def test_unclosed_store_warns_and_commits(tmp_path: Path, backend: str, mode: str) -> None:
     """A store garbage-collected unclosed warns ResourceWarning and loses nothing."""
     path = db_path(tmp_path, backend)

@@ -123,6 +123,23 @@ def open_backend(name: str, config: Config) -> Backend:
     """Import the engine module for `name` and build its backend (fork-gated)."""
     module = importlib.import_module(f"{__name__}._{name}")
     backend: Backend = module.make_backend(config)
-    for method in ENGINE_CALLS:
-        setattr(backend, method, gated(getattr(backend, method)))
+    # The gated methods live on a subclass, not on the instance: bound methods stored
+    # on the backend itself would form a reference cycle, and a closed store's backend
+    # (its connection objects, DuckDB's appenders) would wait for the cyclic GC.
+    backend.__class__ = _gated_class(type(backend))
     return backend
+
+
+_gated_classes: dict[type, type] = {}
+
+
+def _gated_class(cls: type) -> type:
+    """`cls` with every method of ENGINE_CALLS wrapped by `gated`; built once per class."""
+    sub = _gated_classes.get(cls)
+    if sub is None:
+        namespace: dict[str, Any] = {m: gated(getattr(cls, m)) for m in ENGINE_CALLS}
+        namespace["__slots__"] = ()  # the same layout, so instances can switch to it
+        namespace["__qualname__"] = cls.__qualname__
+        namespace["__module__"] = cls.__module__
+        sub = _gated_classes.setdefault(cls, type(cls.__name__, (cls,), namespace))
+    return sub
