@@ -1,8 +1,8 @@
 """`python -m safestore bench`: safestore beside the usual alternatives, in one run.
 
 Every strategy runs the same workload on a fresh file in a temporary folder, one after
-another in one process, so the ratios printed at the end compare like with like on the
-machine at hand. Absolute numbers vary between machines and runs; the ratios are the
+another in one process (the sequential workload's strategies take turns, in rounds), so
+the ratios printed at the end compare like with like on the machine at hand. Absolute numbers vary between machines and runs; the ratios are the
 point.
 
 This module holds the workloads (which strategies run, on which engines and
@@ -14,6 +14,7 @@ only inside one run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import sys
@@ -31,11 +32,13 @@ from ._bench_strategies import (
     duckdb_cursor_per_thread,
     run_threads,
     safestore_strategy,
+    sequential_inserter,
     sqlite_connect,
     sqlite_file,
     sqlite_new_connection,
     sqlite_per_thread,
     sqlite_shared_lock,
+    time_calls,
 )
 from ._store import Store
 
@@ -152,36 +155,59 @@ def bench_threads(
     return out
 
 
+#: The sequential workload runs its strategies in turns, this many rounds each, so that
+#: the machine's drift (a disk whose fsync gets slower for a while) falls on all of them
+#: alike instead of on whichever ran during the slow stretch.
+SEQUENTIAL_ROUNDS = 5
+
+
 def bench_sequential(
     folder: Path, backends: list[str], durabilities: list[str], rows: int
 ) -> list[Outcome]:
-    """One thread, sequential inserts that wait: safestore vs the raw engine, commit per insert."""
+    """One thread, sequential inserts that wait: safestore vs the raw engine, commit per insert.
+
+    The strategies stay open side by side and take turns (SEQUENTIAL_ROUNDS chunks
+    each), and only their inserts are timed.
+    """
     out: list[Outcome] = []
     for backend in backends:
         for durability in durabilities:
             if backend == "duckdb" and durability == "normal":
                 continue
             suffix = "duckdb" if backend == "duckdb" else "db"
-            raw_path = folder / f"seq-raw-{backend}-{durability}.{suffix}"
-            _progress(f"  sequential {backend}/{durability}: raw engine ...")
-            if backend == "sqlite":
-                timing = sqlite_per_thread(raw_path, durability, 1, rows)
-                raw_name = "sqlite3: commit per insert"
-            else:
-                timing = duckdb_cursor_per_thread(raw_path, durability, 1, rows)
-                raw_name = "duckdb: autocommit per insert"
-            found = _count(backend, raw_path)
-            out.append(
-                _measured("sequential", backend, durability, raw_name, False, timing, found, rows)
+            raw = (
+                "sqlite3: commit per insert"
+                if backend == "sqlite"
+                else "duckdb: autocommit per insert"
             )
-            for mode in ("queue", "lock"):
-                path = folder / f"seq-{mode}-{backend}-{durability}.{suffix}"
-                _progress(f"  sequential {backend}/{durability}: safestore {mode} ...")
-                timing = safestore_strategy(mode, True)(path, durability, 1, rows, backend)
-                found = _count(backend, path)
-                name = f"safestore {mode}"
+            strategies = [(raw, "raw"), ("safestore queue", "queue"), ("safestore lock", "lock")]
+            paths = {
+                kind: folder / f"seq-{kind}-{backend}-{durability}.{suffix}"
+                for _, kind in strategies
+            }
+            elapsed = dict.fromkeys(paths, 0.0)
+            latencies: dict[str, list[float]] = {kind: [] for kind in paths}
+            errors = dict.fromkeys(paths, 0)
+            rounds = max(1, min(SEQUENTIAL_ROUNDS, rows))
+            _progress(f"  sequential {backend}/{durability}: {rounds} rounds of each strategy ...")
+            with contextlib.ExitStack() as stack:
+                inserters = {
+                    kind: stack.enter_context(sequential_inserter(kind, backend, path, durability))
+                    for kind, path in paths.items()
+                }
+                for turn in range(rounds):
+                    share = rows // rounds + (1 if turn < rows % rounds else 0)
+                    for kind, (insert, failure) in inserters.items():
+                        start = time.perf_counter()
+                        errors[kind] += time_calls(share, latencies[kind], insert, failure)
+                        elapsed[kind] += time.perf_counter() - start
+            for name, kind in strategies:
+                timing = (elapsed[kind], latencies[kind], errors[kind])
+                found = _count(backend, paths[kind])
                 out.append(
-                    _measured("sequential", backend, durability, name, True, timing, found, rows)
+                    _measured(
+                        "sequential", backend, durability, name, kind != "raw", timing, found, rows
+                    )
                 )
     return out
 

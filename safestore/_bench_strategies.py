@@ -21,7 +21,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def _one_insert(conn: Any, i: int, j: int) -> None:
     conn.execute("COMMIT")
 
 
-def _timed(
+def time_calls(
     rows: int,
     lat: list[float],
     insert: Callable[[int], object],
@@ -127,7 +128,7 @@ def sqlite_new_connection(
             conn.close()
 
     def body(i: int, lat: list[float]) -> int:
-        return _timed(rows, lat, lambda j: insert(i, j), sqlite3.Error)
+        return time_calls(rows, lat, lambda j: insert(i, j), sqlite3.Error)
 
     return run_threads(threads, body)
 
@@ -145,7 +146,7 @@ def sqlite_per_thread(
                 conn.execute("ROLLBACK")
 
         try:
-            return _timed(rows, lat, lambda j: _one_insert(conn, i, j), sqlite3.Error, recover)
+            return time_calls(rows, lat, lambda j: _one_insert(conn, i, j), sqlite3.Error, recover)
         finally:
             conn.close()
 
@@ -164,7 +165,7 @@ def sqlite_shared_lock(
             _one_insert(conn, i, j)
 
     try:
-        return run_threads(threads, lambda i, lat: _timed(rows, lat, lambda j: insert(i, j)))
+        return run_threads(threads, lambda i, lat: time_calls(rows, lat, lambda j: insert(i, j)))
     finally:
         conn.close()
 
@@ -180,7 +181,9 @@ def duckdb_cursor_per_thread(
     def body(i: int, lat: list[float]) -> int:
         cur = conn.cursor()
         try:
-            return _timed(rows, lat, lambda j: cur.execute(INSERT, (i, j, "x" * 16)), duckdb.Error)
+            return time_calls(
+                rows, lat, lambda j: cur.execute(INSERT, (i, j, "x" * 16)), duckdb.Error
+            )
         finally:
             cur.close()
 
@@ -207,7 +210,7 @@ def safestore_strategy(mode: str, wait: bool) -> Callable[..., tuple[float, list
                     else:
                         futures.append(store.insert("bench", row, wait=False))
 
-                errors = _timed(rows, lat, insert, Exception)
+                errors = time_calls(rows, lat, insert, Exception)
                 if not wait:
                     store.flush()
                     errors += sum(1 for f in futures if f.exception() is not None)
@@ -216,3 +219,44 @@ def safestore_strategy(mode: str, wait: bool) -> Callable[..., tuple[float, list
             return run_threads(threads, body)
 
     return run
+
+
+# --- the sequential workload -------------------------------------------------------------
+
+
+@contextmanager
+def sequential_inserter(
+    kind: str, backend: str, path: Path, durability: str
+) -> Iterator[tuple[Callable[[int], object], type[BaseException]]]:
+    """Open one strategy of the sequential workload and yield ``(insert, failure)``.
+
+    `kind` is "raw" (the engine with a commit per insert) or a safestore mode. Opening
+    and closing (connecting, a SQLite checkpoint at the last close) happen outside
+    the caller's timing, for every strategy alike: only the inserts are timed.
+    """
+    payload = "x" * 16
+    if kind == "raw" and backend == "sqlite":
+        sqlite_file(path, durability)
+        conn = sqlite_connect(path, durability)
+        try:
+            yield (lambda j: _one_insert(conn, 0, j)), sqlite3.Error
+        finally:
+            conn.close()
+    elif kind == "raw":
+        import duckdb
+
+        db = duckdb.connect(str(path))
+        try:
+            db.execute(TABLE)
+            cur = db.cursor()
+            try:
+                yield (lambda j: cur.execute(INSERT, (0, j, payload))), duckdb.Error
+            finally:
+                cur.close()
+        finally:
+            db.close()
+    else:
+        options: dict[str, Any] = {"backend": backend, "mode": kind, "durability": durability}
+        with Store(path, setup=TABLE, timeout=120, **options) as store:
+            row = {"thread": 0, "payload": payload}
+            yield (lambda j: store.insert("bench", {**row, "seq": j})), Exception
