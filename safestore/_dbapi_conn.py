@@ -37,6 +37,7 @@ from .errors import (
     OperationalError,
     ProgrammingError,
     ReadOnlyError,
+    StoreClosedError,
     StoreError,
     Warning,
 )
@@ -343,7 +344,12 @@ class Connection:
 
     def _execute(self, sql: str, params: Any, *, many: bool) -> tuple[Outcome, int | None]:
         """Run one statement for the calling thread (the cursors' entry point)."""
-        return _dbapi_route.execute(self, sql, params, many=many)
+        try:
+            return _dbapi_route.execute(self, sql, params, many=many)
+        except StoreClosedError as exc:
+            # close() from another thread while this statement ran (it interrupts
+            # reads) or waited: the error sqlite3 gives for a closed connection.
+            raise self._misuse("ProgrammingError", "Cannot operate on a closed database.") from exc
 
     def _executescript(self, script: str) -> None:
         """Run a script for the calling thread (the cursors' entry point)."""

@@ -85,8 +85,10 @@ class Readers:
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
         self._closed = False
-        #: Set while a read runs on the shared connection (written under `_lock`).
+        #: Set while a read runs on the shared connection (written under `_lock`), and
+        #: whether close() has interrupted that read.
         self._shared_read: threading.Event | None = None
+        self._interrupted = False
 
     def read(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
         """Run a read-only statement on this thread's connection. Thread-safe."""
@@ -123,6 +125,11 @@ class Readers:
                 # interrupt can never hit a write that takes the lock after us.
                 with self._lock:
                     self._shared_read = None
+                    interrupted, self._interrupted = self._interrupted, False
+                if interrupted:
+                    # The interrupt may have landed on the read's setup or cleanup
+                    # rather than its statement; no further one can come now.
+                    self.backend.restore_after_read(self.writer_conn)
                 done.set()
         finally:
             self.shared_lock.release()
@@ -207,6 +214,7 @@ class Readers:
                 done = self._shared_read
                 if done is None:
                     return
+                self._interrupted = True
                 self.backend.interrupt(self.writer_conn)
             if done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
                 return

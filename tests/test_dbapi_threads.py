@@ -295,3 +295,31 @@ def test_a_statement_that_rolls_back_its_transaction_fails_only_itself(tmp_path:
     assert values(conn) == ["a", "b", "c", "taken"]
     conn.close()
     store.close()
+
+
+def test_read_ended_by_close_from_another_thread_raises_programming_error(
+    conn: dbapi.Connection, backend: str
+) -> None:
+    """A thread's long read that conn.close() from another thread interrupts raises what
+    sqlite3 raises for a closed connection (ProgrammingError), not safestore's own
+    StoreClosedError, so `except sqlite3.Error` still catches it."""
+    endless = {
+        "sqlite": "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) "
+        "SELECT count(*) FROM c",
+        "duckdb": "SELECT count(*) FROM range(100000000000) t(i) WHERE hash(i) % 7 = 0",
+    }[backend]
+    reader = Worker(lambda: conn.execute(endless).fetchall())
+    readers = conn._store._readers
+    deadline = time.monotonic() + WAIT
+    while not (  # the read is running
+        readers._shared_read is not None
+        if readers.shared_lock is not None
+        else any(entry.use.locked() for entry in readers._entries)
+    ):
+        assert time.monotonic() < deadline, "the read never started"
+        time.sleep(0.001)
+    conn.close()
+    with pytest.raises(safestore.ProgrammingError, match="closed database") as info:
+        reader.join()
+    if backend == "sqlite":
+        assert isinstance(info.value, sqlite3.ProgrammingError)

@@ -17,10 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Worker, count, db_path, fork_and_report, freeze
+from tests.conftest import (
+    SCHEMA,
+    WAIT,
+    SignallingLock,
+    Worker,
+    count,
+    db_path,
+    fork_and_report,
+    freeze,
+)
 
 import safestore
 from safestore import _writer
+from safestore._locked import LockEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,9 +164,72 @@ def test_close_interrupts_a_running_read_with_store_closed_error(
 
     worker = Worker(reader)
     assert started.wait(WAIT)
+    readers = store._readers
+    deadline = time.monotonic() + WAIT
+    while not (  # the endless read is running (not merely about to)
+        readers._shared_read is not None
+        if readers.shared_lock is not None
+        else any(entry.use.locked() for entry in readers._entries)
+    ):
+        assert time.monotonic() < deadline, "the read never started"
+        time.sleep(0.001)
     store.close()  # would raise TimeoutError (lock mode) or wait forever if not interrupted
     with pytest.raises(safestore.StoreClosedError):
         worker.join()
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["file", "memory"])
+def test_close_interrupting_a_shared_read_leaves_the_connection_writable(
+    make_store: Callable[..., safestore.Store], backend: str, mode: str, memory: bool
+) -> None:
+    """Where reads share the writer's connection, close()'s interrupt can land on the
+    read's own cleanup (SQLite's query_only=0, DuckDB's read-only COMMIT). The read is
+    made to stop just there; the write accepted before close() must still commit."""
+    store = make_store(":memory:" if memory else None, setup=SCHEMA)
+    readers = store._readers
+    if readers.shared_lock is None:
+        pytest.skip("reads run on connections of their own here")
+    backend_read = readers.backend.read
+    reading = threading.Event()
+
+    def read_cut_short(conn: Any, sql: str, params: Any, *, shared: bool) -> Any:
+        if not shared:
+            return backend_read(conn, sql, params, shared=shared)
+        # What an interrupt during the cleanup leaves behind: the connection read-only.
+        conn.execute("PRAGMA query_only=1" if backend == "sqlite" else "BEGIN READ ONLY")
+        reading.set()
+        deadline = time.monotonic() + WAIT
+        while not readers._interrupted:  # wait for close() to interrupt this read
+            assert time.monotonic() < deadline, "close() never interrupted the read"
+            time.sleep(0.001)
+        raise safestore.OperationalError("interrupted")
+
+    readers.backend.read = read_cut_short  # type: ignore[method-assign]
+    engine = store._engine
+    if isinstance(engine, LockEngine):
+        engine.lock = waited_on = SignallingLock(engine.lock)  # type: ignore[assignment]
+    accepted = store.stats().writes_accepted + 1
+    reader = Worker(lambda: store.query("SELECT 1"))
+    assert reading.wait(WAIT)
+    write = Worker(lambda: store.insert("t", {"v": "accepted"}))
+    # Accepted before close(): queued (queue mode), or waiting for the lock (lock mode).
+    if isinstance(engine, LockEngine):
+        assert waited_on.acquiring.wait(WAIT)
+        # Lock mode: the write, not close(), takes the lock once the read lets go of it.
+        close_engine = engine.close
+        engine.close = lambda timeout: (write.done.wait(WAIT), close_engine(timeout))[1]  # type: ignore[method-assign]
+    else:
+        deadline = time.monotonic() + WAIT
+        while store.stats().writes_accepted < accepted:
+            assert time.monotonic() < deadline, "the write was never accepted"
+            time.sleep(0.001)
+    store.close()
+    with pytest.raises(safestore.StoreClosedError):
+        reader.join()
+    assert write.join().rowcount == 1
+    if not memory:
+        with safestore.Store(store.path, backend=backend) as again:
+            assert again.query("SELECT v FROM t") == [("accepted",)]
 
 
 def test_dead_threads_connections_are_released(store: safestore.Store) -> None:

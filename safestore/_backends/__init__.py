@@ -93,6 +93,11 @@ class Backend(Protocol):
         owner, who decides what to do.
         """
 
+    def restore_after_read(self, conn: Any) -> None:
+        """Put the writer connection back in its writing state after a shared read that
+        close() interrupted: the interrupt may have hit the read's own cleanup (SQLite's
+        ``PRAGMA query_only=0``, DuckDB's read-only COMMIT). Never raises."""
+
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
         """Run a read-only statement and return all its rows.
 
@@ -116,6 +121,7 @@ ENGINE_CALLS = (
     "in_transaction",
     "apply",
     "read",
+    "restore_after_read",
 )
 
 

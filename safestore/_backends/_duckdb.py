@@ -376,6 +376,16 @@ class DuckDBBackend(GroupCommit):
         self._end_read(conn, "COMMIT")
         return rows
 
+    def restore_after_read(self, conn: Any) -> None:
+        # The read's own COMMIT or ROLLBACK may have been interrupted, leaving its
+        # read-only transaction open on the writer connection.
+        try:
+            conn.execute("ROLLBACK")
+        except duckdb.TransactionException:
+            pass  # no transaction was open: the read had ended it
+        except Exception as exc:
+            log.warning("restoring the connection after an interrupted read failed: %s", exc)
+
     @staticmethod
     def _end_read(conn: Any, how: str) -> None:
         try:

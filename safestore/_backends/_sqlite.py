@@ -472,6 +472,13 @@ class SQLiteBackend:
 
     # --- reads -----------------------------------------------------------------------
 
+    def restore_after_read(self, conn: Any) -> None:
+        try:
+            conn.set_authorizer(None)
+            conn.execute("PRAGMA query_only=0")
+        except Exception as exc:
+            log.warning("restoring the connection after an interrupted read failed: %s", exc)
+
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
         # The authorizer, the SQLITE_SCHEMA retry and ReadOnlyError: see _sqlite_guard.py.
         return _guarded_read(conn, sql, params, shared=shared)
