@@ -331,8 +331,9 @@ class SQLiteBackend:
             raise _TransactionEnded(
                 StoreError(
                     "the engine rolled back the whole transaction during this write (a "
-                    "ROLLBACK conflict clause or RAISE(ROLLBACK) whose error was caught); "
-                    "nothing of it was committed"
+                    "ROLLBACK conflict clause or RAISE(ROLLBACK) whose error was caught): "
+                    "what it did before that was undone, but statements it ran after "
+                    "that were committed one by one, outside any transaction"
                 )
             )
         conn.execute("RELEASE safestore_req")
