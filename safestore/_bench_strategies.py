@@ -18,6 +18,7 @@ an alternative fails under load is part of the result.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -235,11 +236,21 @@ def sequential_inserter(
     the caller's timing, for every strategy alike: only the inserts are timed.
     """
     payload = "x" * 16
+    seq = itertools.count()  # row numbers go on from one round to the next
     if kind == "raw" and backend == "sqlite":
         sqlite_file(path, durability)
         conn = sqlite_connect(path, durability)
+
+        def insert(_: int) -> None:
+            try:
+                _one_insert(conn, 0, next(seq))
+            except sqlite3.Error:
+                if conn.in_transaction:  # or every later insert fails too
+                    conn.execute("ROLLBACK")
+                raise
+
         try:
-            yield (lambda j: _one_insert(conn, 0, j)), sqlite3.Error
+            yield insert, sqlite3.Error
         finally:
             conn.close()
     elif kind == "raw":
@@ -250,7 +261,7 @@ def sequential_inserter(
             db.execute(TABLE)
             cur = db.cursor()
             try:
-                yield (lambda j: cur.execute(INSERT, (0, j, payload))), duckdb.Error
+                yield (lambda _: cur.execute(INSERT, (0, next(seq), payload))), duckdb.Error
             finally:
                 cur.close()
         finally:
@@ -259,4 +270,4 @@ def sequential_inserter(
         options: dict[str, Any] = {"backend": backend, "mode": kind, "durability": durability}
         with Store(path, setup=TABLE, timeout=120, **options) as store:
             row = {"thread": 0, "payload": payload}
-            yield (lambda j: store.insert("bench", {**row, "seq": j})), Exception
+            yield (lambda _: store.insert("bench", {**row, "seq": next(seq)})), Exception
