@@ -574,6 +574,19 @@ def test_write_cancelled_while_handed_to_a_helper_is_withdrawn(
 # --- helper threads and deadlines --------------------------------------------------------
 
 
+def flush_started(astore: AsyncStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once the store's flush() has started on a helper thread."""
+    started = threading.Event()
+    flush = astore.store.flush
+
+    def spy(*args: Any) -> None:
+        started.set()
+        flush(*args)
+
+    monkeypatch.setattr(astore.store, "flush", spy)
+    return started
+
+
 @pytest.mark.parametrize("mode", ["queue"])  # lock mode: a read waits for the lock anyway
 def test_reads_never_wait_behind_writes_for_a_helper_thread(
     make_astore: Make, monkeypatch: pytest.MonkeyPatch
@@ -582,14 +595,7 @@ def test_reads_never_wait_behind_writes_for_a_helper_thread(
     flush() hold the helper threads for writes; a read still runs at once."""
     astore = make_astore(threads=1, max_queue=1, timeout=5.0)
     blocker = Blocker(astore)
-    flushing = threading.Event()
-    flush = astore.store.flush
-
-    def spy(*args: Any) -> None:
-        flushing.set()
-        flush(*args)
-
-    monkeypatch.setattr(astore.store, "flush", spy)
+    flushing = flush_started(astore, monkeypatch)
 
     async def main() -> None:
         try:
@@ -665,14 +671,7 @@ def test_a_write_waiting_for_a_helper_thread_is_withdrawn_at_its_deadline(
     then, and nothing of it is written later, when a thread comes free."""
     timeout = 0.4
     astore = make_astore(threads=1, max_queue=1, timeout=timeout)
-    flushing = threading.Event()
-    flush = astore.store.flush
-
-    def spy(*args: Any) -> None:
-        flushing.set()
-        flush(*args)
-
-    monkeypatch.setattr(astore.store, "flush", spy)
+    flushing = flush_started(astore, monkeypatch)
     blocker = Blocker(astore)
 
     async def main() -> None:
