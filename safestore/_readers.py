@@ -9,6 +9,11 @@ closed while holding its `use` lock, after interrupting any statement it runs).
 
 When readers must share the writer connection (lock mode, in-memory SQLite), every read
 takes the given `shared_lock` instead.
+
+`close()` ends reads still running in other threads, so that it never waits for them:
+it interrupts them (and the reader gets `StoreClosedError`). On the shared connection it
+does so only while a read is flagged as running, and the reader puts the connection
+back in its writing state afterwards, since the interrupt may hit the read's cleanup.
 """
 
 from __future__ import annotations
