@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from . import _lifecycle
 from .errors import ProgrammingError
@@ -290,7 +290,7 @@ class Insert(Request):
     lendable = True
 
     def __init__(self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-        super().__init__()
+        self.future = Waiter()  # as Request.__init__, without the super() call (hot path)
         self.table = table
         self.columns = columns
         self.rows = rows
@@ -452,15 +452,33 @@ def quote_identifier(name: object, what: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-# (table, keys) -> (quoted table, quoted columns): names already validated. Callers insert
-# the same few shapes over and over; quoting them once saves most of build_insert's time.
-# Plain dict operations, safe under concurrent use; cleared when it grows past 512.
-_quoted_cache: dict[tuple[object, tuple[Any, ...]], tuple[str, tuple[str, ...]]] = {}
+class _Shape(NamedTuple):
+    """What `build_insert` needs for one (table, keys): names validated and quoted."""
+
+    table: str
+    columns: tuple[str, ...]
+    getter: operator.itemgetter[Any]  # a row's values in column order, in C
+    single: bool  # one column: `getter` returns the bare value, not a 1-tuple
+
+
+# (table, keys) -> _Shape. Callers insert the same few shapes over and over; checking
+# and quoting them once saves most of build_insert's time. Plain dict operations, safe
+# under concurrent use; cleared when it grows past 512.
+_shapes: dict[tuple[object, tuple[Any, ...]], _Shape] = {}
 
 
 def build_insert(table: object, row_or_rows: object) -> Insert:
     """Check `insert()`'s arguments and build the request (rows as tuples)."""
     if type(row_or_rows) is dict:  # the common case, without an ABC check
+        # One plain dict of a shape seen before: its keys are the shape's, so nothing
+        # is left to check (the most frequent call of a busy store, kept short).
+        try:
+            shape = _shapes[(table, tuple(row_or_rows))]
+            value = shape.getter(row_or_rows)
+        except (KeyError, TypeError):  # a new shape, or a bad one: the full check below
+            pass
+        else:
+            return Insert(shape.table, shape.columns, [(value,) if shape.single else value])
         rows: Sequence[object] = (row_or_rows,)
     elif isinstance(row_or_rows, Mapping):
         rows = (row_or_rows,)
@@ -478,19 +496,19 @@ def build_insert(table: object, row_or_rows: object) -> Insert:
         raise TypeError(f"row 0 of insert() is a {type(first).__name__}, not a mapping")
     keys = tuple(first)
     try:
-        quoted_table, columns = _quoted_cache[(table, keys)]
+        shape = _shapes[(table, keys)]
     except (KeyError, TypeError):
         quoted_table = quote_identifier(table, "table name")
         if not keys:
             raise ProgrammingError(f"row 0 of insert() into {table!r} has no columns") from None
         columns = tuple(quote_identifier(k, "column name") for k in keys)
-        if len(_quoted_cache) >= 512:
-            _quoted_cache.clear()
-        _quoted_cache[(table, keys)] = (quoted_table, columns)
-    # itemgetter pulls a row's values in C (3x faster than a generator on 100k rows);
-    # with one key it returns the bare value, not a 1-tuple.
-    getter = operator.itemgetter(*keys)
-    single = len(keys) == 1
+        # itemgetter pulls a row's values in C (3x faster than a generator on 100k
+        # rows); with one key it returns the bare value, not a 1-tuple.
+        shape = _Shape(quoted_table, columns, operator.itemgetter(*keys), len(keys) == 1)
+        if len(_shapes) >= 512:
+            _shapes.clear()
+        _shapes[(table, keys)] = shape
+    quoted_table, columns, getter, single = shape
     values: list[tuple[Any, ...]] | None = None
     if len(rows) > 1 and type(rows) in (list, tuple):  # walked three times: real sequences
         values = _dict_values(cast("list[dict[Any, Any]]", rows), getter, len(keys))
