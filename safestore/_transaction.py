@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import _lifecycle
+from ._args import check_sql
 from ._backends import Backend
 from ._forksafe import gate
 from ._requests import Execute, ExecuteMany, Request, Result, TxSession, build_insert
@@ -80,10 +81,12 @@ class Transaction:
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Result:
         """Run one statement in the transaction and return its `Result`."""
+        check_sql(sql)
         return self._write(Execute(sql, params))
 
     def executemany(self, sql: str, seq_of_params: Iterable[Any]) -> Result:
         """Run one statement per parameter set; `rowcount` is summed."""
+        check_sql(sql)
         return self._write(ExecuteMany(sql, list(seq_of_params)))
 
     def insert(self, table: str, row_or_rows: Any) -> Result:
@@ -94,6 +97,7 @@ class Transaction:
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[tuple[Any, ...]]:
         """Run a read-only statement; it sees this block's own uncommitted writes."""
+        check_sql(sql)
         rows: list[tuple[Any, ...]] = self._use(
             lambda conn: self._backend.read(conn, sql, params, shared=True)
         )

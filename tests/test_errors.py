@@ -153,3 +153,17 @@ def test_non_string_sql_is_a_type_error(store: safestore.Store) -> None:
         store.execute(b"DELETE FROM t")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="sql"):
         store.query(None)  # type: ignore[arg-type]
+
+
+def test_transaction_checks_sql_like_the_store(store: safestore.Store) -> None:
+    """tx.execute, tx.executemany and tx.query refuse bad SQL text with the same errors
+    as Store.execute, before anything reaches the engine; the block goes on."""
+    with store.transaction() as tx:
+        with pytest.raises(TypeError, match="sql must be a str"):
+            tx.execute(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="sql must be a str"):
+            tx.executemany(b"DELETE FROM t", [])  # type: ignore[arg-type]
+        with pytest.raises(safestore.ProgrammingError, match="not valid UTF-8"):
+            tx.query("SELECT '\ud800'")
+        tx.insert("t", {"v": "kept", "n": 1})
+    assert store.query("SELECT v FROM t") == [("kept",)]
