@@ -125,7 +125,8 @@ def test_failure_isolated_within_one_batch(store: safestore.Store) -> None:
         "f",
     ]
     if store.mode == "queue":
-        assert store.stats().largest_batch >= 8
+        # One group: its five writes that succeeded committed in one transaction.
+        assert store.stats().largest_batch >= 5
 
 
 def test_merged_insert_finds_bad_rows(store: safestore.Store) -> None:

@@ -398,7 +398,8 @@ def test_failure_isolation_inside_one_group(store: safestore.Store) -> None:
     after = store.stats()
     assert after.writes_failed - before.writes_failed == 4
     if store.mode == "queue":
-        assert after.largest_batch >= len(futs)
+        # One group: its writes that succeeded count as one batch (failures do not).
+        assert after.largest_batch >= len(futs) - 4
 
 
 def test_merged_inserts_find_the_culprits(store: safestore.Store) -> None:

@@ -273,6 +273,22 @@ def test_stats(store: safestore.Store) -> None:
     assert st.queue_depth == 0
 
 
+def test_stats_count_only_commits_that_committed_something(store: safestore.Store) -> None:
+    """Writes that all fail commit nothing: no commit is counted for them, and they
+    never make up the largest batch."""
+    store.insert("t", {"v": "a"})
+    for _ in range(3):
+        with pytest.raises(safestore.IntegrityError):
+            store.insert("t", {"v": "a"})
+    futures = [store.insert("t", {"v": "a"}, wait=False) for _ in range(5)]
+    store.flush()
+    assert all(isinstance(f.exception(WAIT), safestore.IntegrityError) for f in futures)
+    st = store.stats()
+    assert (st.writes_committed, st.writes_failed) == (1, 8)
+    assert st.commits == 1
+    assert st.largest_batch == 1
+
+
 @pytest.mark.parametrize("durability", ["full", "normal"])
 def test_durability_setting_sqlite(
     make_store: Callable[..., safestore.Store], durability: str
