@@ -447,3 +447,17 @@ def test_lone_insert_of_many_statements_is_atomic(store: safestore.Store) -> Non
     assert count(store) == 0
     assert store.insert("t", rows[:-1]).rowcount == 2000
     assert count(store) == 2000
+
+
+def test_execute_refuses_several_statements(store: safestore.Store) -> None:
+    """execute() runs one statement: SQL holding two is refused on both engines (DuckDB
+    would run both and report the last), and nothing of it is written; a trailing
+    semicolon and a semicolon inside a string are fine."""
+    two = "INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES ('b')"
+    with pytest.raises(safestore.ProgrammingError):
+        store.execute(two)
+    with pytest.raises(safestore.ProgrammingError):
+        with store.transaction() as tx:
+            tx.execute(two)
+    assert store.execute("INSERT INTO t (v) VALUES ('x;y');").rowcount == 1
+    assert store.query("SELECT v FROM t") == [("x;y",)]

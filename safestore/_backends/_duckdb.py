@@ -52,6 +52,7 @@ from ..errors import (
     IntegrityError,
     InternalError,
     OperationalError,
+    ProgrammingError,
     ReadOnlyError,
     StoreError,
     register_mapping,
@@ -72,6 +73,28 @@ register_mapping(duckdb.SequenceException, DataError)  # a sequence ran out of v
 
 _ST = duckdb.StatementType
 _PID = re.compile(r"\(PID (\d+)\)")
+
+
+def _refuse_several_statements(conn: Any, sql: str) -> None:
+    """Refuse SQL holding more than one statement, as SQLite does.
+
+    DuckDB would run them all and report only the last one's result, so the caller's
+    `Result` would describe part of what was written. Parsed only when the text holds
+    a semicolon before its end (the common statement holds none).
+    """
+    if ";" not in sql.rstrip().rstrip(";"):
+        return
+    try:
+        statements = conn.extract_statements(sql)
+    except (duckdb.Error, ValueError):
+        return  # let the engine report it when the statement runs
+    if len(statements) > 1:
+        raise ProgrammingError(
+            f"execute() takes one statement, this SQL holds {len(statements)}; use "
+            "store.transaction() to run several atomically"
+        )
+
+
 # DuckDB's refusals of a write: inside a read-only transaction (TransactionException),
 # or on a database opened read-only (InvalidInputException).
 _READ_ONLY_MSG = re.compile(r"transaction is launched in read-only mode|attached in read-only mode")
@@ -282,6 +305,7 @@ class DuckDBBackend(GroupCommit):
     # --- single requests -------------------------------------------------------------
 
     def _execute(self, conn: Any, sql: str, params: Any) -> Result:
+        _refuse_several_statements(conn, sql)
         conn.execute(sql, _params(params))
         if conn.description is None:
             # No statement at all (empty, or only comments): nothing ran, and there is
