@@ -156,13 +156,17 @@ def executescript(conn: Connection, script: str) -> None:
     for statement in statements:
         kind = classify(statement)
         ttx = conn._thread_tx()
+        out: Outcome | None = None
         if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
             _control(conn, kind, ttx)
         elif ttx is not None:
-            ttx.run(_runner(conn), statement, (), False, write=True)
+            out = ttx.run(_runner(conn), statement, (), False, write=True)
         elif kind is Kind.SAVEPOINT or saved is False:
-            conn._begin().run(_runner(conn), statement, (), False, write=True)
+            out = conn._begin().run(_runner(conn), statement, (), False, write=True)
         else:
             out = _read(conn, statement, ()) if kind is Kind.READ else None
             if out is None:
-                _write(conn, statement, (), False)
+                out = _write(conn, statement, (), False)
+        if out is not None and out.rowcount > 0 and kind is not Kind.READ:
+            with conn._lock:  # total_changes counts the script's rows too, as in sqlite3
+                conn._changes += out.rowcount

@@ -351,6 +351,9 @@ def test_total_changes(conn: dbapi.Connection) -> None:
     conn.execute("UPDATE t SET n = 1")
     conn.commit()
     assert conn.total_changes == 4
+    # Rows changed by a script count too, as in sqlite3.
+    conn.executescript("UPDATE t SET n = 2; DELETE FROM t WHERE v = 'a';")
+    assert conn.total_changes == 7
 
 
 # --- rows ------------------------------------------------------------------------------
