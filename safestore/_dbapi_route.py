@@ -74,12 +74,17 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
             out = _write(conn, sql, params, many)
     else:
         out = _write(conn, sql, params, many)
-    if out.rowcount > 0 and kind is not Kind.READ:
-        with conn._lock:
-            conn._changes += out.rowcount
+    _count_changes(conn, kind, out)
     if out.lastrowid is not None:
         conn._local.rowid = out.lastrowid
     return out, _rowid(conn)
+
+
+def _count_changes(conn: Connection, kind: Kind, out: Outcome) -> None:
+    """Add a statement's changed rows to the connection's `total_changes`."""
+    if out.rowcount > 0 and kind is not Kind.READ:
+        with conn._lock:
+            conn._changes += out.rowcount
 
 
 def _rowid(conn: Connection) -> int | None:
@@ -167,6 +172,5 @@ def executescript(conn: Connection, script: str) -> None:
             out = _read(conn, statement, ()) if kind is Kind.READ else None
             if out is None:
                 out = _write(conn, statement, (), False)
-        if out is not None and out.rowcount > 0 and kind is not Kind.READ:
-            with conn._lock:  # total_changes counts the script's rows too, as in sqlite3
-                conn._changes += out.rowcount
+        if out is not None:  # total_changes counts the script's rows too, as in sqlite3
+            _count_changes(conn, kind, out)
