@@ -89,7 +89,9 @@ def settle(
                 req.future.set_exception(error)
             counters.failed += len(writes)
         else:
-            committed = _wake_in_turn(counters, outcomes, turns)
+            before = counters.committed
+            _wake_in_turn(counters, outcomes, turns)
+            committed = counters.committed - before
             if committed:  # a group whose every write failed committed nothing
                 counters.commits += 1
                 counters.largest_batch = max(counters.largest_batch, committed)
@@ -98,9 +100,8 @@ def settle(
             req.future.set_result(None)
 
 
-def _wake_in_turn(counters: Counters, outcomes: list[Outcome], turns: Turns | None) -> int:
+def _wake_in_turn(counters: Counters, outcomes: list[Outcome], turns: Turns | None) -> None:
     """Resolve a committed group's futures; wake the waiting callers one after another.
-    Returns how many of its writes committed.
 
     See `Waiter`: the writer wakes the first caller only, and each wakes the next.
     concurrent.futures Futures (``wait=False`` calls) are resolved first, in order. The
@@ -115,11 +116,9 @@ def _wake_in_turn(counters: Counters, outcomes: list[Outcome], turns: Turns | No
         chain = None
     waiters: list[tuple[Waiter, Any, BaseException | None]] = []
     then: Waiter | None = None
-    committed = 0
     try:
         for req, value, req_error in outcomes:
             if req_error is None:
-                committed += 1
                 counters.committed += 1
             else:
                 counters.failed += 1
@@ -137,7 +136,6 @@ def _wake_in_turn(counters: Counters, outcomes: list[Outcome], turns: Turns | No
     finally:
         if then is not None:  # whatever happened, the chain built so far must move
             then.wake()
-    return committed
 
 
 def wait_result(fut: Future[Any] | Waiter, deadline: float, timeout: float) -> Any:
