@@ -116,7 +116,9 @@ class Cursor:
         except BaseException:
             self._set(None, self._lastrowid)
             raise
-        self._set(out, None if self._connection._is_sqlite else self._lastrowid)
+        # sqlite3 leaves lastrowid as it was; the next execute() reports the last row
+        # this one inserted (the thread's rowid, see _dbapi_route.execute).
+        self._set(out, self._lastrowid)
         return self
 
     def executescript(self, sql_script: str, /) -> Cursor:

@@ -190,22 +190,31 @@ def _owner_gone(ttx: ThreadTx) -> None:
 def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
     """Run one statement on a sqlite3 connection and fetch everything it returns."""
     # An upsert that updates instead of inserting leaves the connection's last rowid as
-    # it was (possibly another thread's insert): note it, to tell the two apart.
-    insert = not many and is_insert(sql)
+    # it was (possibly another thread's insert): note it, to tell the two apart. The
+    # same for executemany, whose cursor does not report the rowid (sqlite3 keeps the
+    # previous value): the connection's last rowid after it is the thread's new one.
+    insert = is_insert(sql)
     before = None
-    if insert and "conflict" in sql.lower():
-        before = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    if insert and (many or "conflict" in sql.lower()):
+        before = _last_insert_rowid(conn)
     cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
     try:
         description = cur.description
         rows = cur.fetchall() if description is not None else []
         rowcount = cur.rowcount
         lastrowid = None
-        if insert and rowcount > 0 and cur.lastrowid != before:
-            lastrowid = cur.lastrowid
+        if insert and rowcount > 0:
+            after = _last_insert_rowid(conn) if many else cur.lastrowid
+            if after != before:
+                lastrowid = after
         return Outcome(rows, description, rowcount, lastrowid)
     finally:
         cur.close()
+
+
+def _last_insert_rowid(conn: Any) -> int:
+    rowid: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    return rowid
 
 
 def duckdb_params(params: Any) -> Any:

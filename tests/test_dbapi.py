@@ -167,6 +167,41 @@ def test_rowcount_and_lastrowid(conn: dbapi.Connection, backend: str) -> None:
     assert conn.execute("DELETE FROM t WHERE v = 'zzz'").rowcount == 0
 
 
+def test_lastrowid_around_executemany_is_sqlite3s(
+    connect: Callable[..., dbapi.Connection], backend: str, tmp_path: Path
+) -> None:
+    """executemany leaves a cursor's lastrowid as it was, and the next statement
+    reports the last row executemany inserted, exactly as sqlite3 does."""
+    if backend != "sqlite":
+        pytest.skip("lastrowid is always None on DuckDB (no rowids)")
+
+    def script(conn: Any) -> list[Any]:
+        conn.execute("CREATE TABLE r (x INTEGER)")
+        cur, other = conn.cursor(), conn.cursor()
+        seen = [cur.lastrowid]
+        cur.execute("INSERT INTO r VALUES (1)")
+        seen.append(cur.lastrowid)
+        cur.executemany("INSERT INTO r VALUES (?)", [(2,), (3,)])
+        seen.append(cur.lastrowid)  # unchanged
+        cur.execute("SELECT 1")
+        seen.append(cur.lastrowid)  # the last row executemany inserted
+        other.executemany("INSERT INTO r VALUES (?)", [(4,), (5,)])
+        seen.append(other.lastrowid)  # still None: it never ran execute()
+        cur.executemany("UPDATE r SET x = x + ?", [(1,), (2,)])
+        cur.execute("UPDATE r SET x = x")
+        seen.append(cur.lastrowid)
+        conn.commit()
+        return seen
+
+    plain = sqlite3.connect(tmp_path / "plain.db")
+    try:
+        expected = script(plain)
+    finally:
+        plain.close()
+    assert expected == [None, 1, 1, 3, None, 5]
+    assert script(connect(tmp_path / "ours.db")) == expected
+
+
 def test_returning(conn: dbapi.Connection) -> None:
     """INSERT ... RETURNING gives rows and a description, in and out of transactions."""
     cur = conn.execute("INSERT INTO t (v, n) VALUES ('a', 7) RETURNING v, n")
