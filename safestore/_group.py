@@ -21,7 +21,7 @@ from typing import Any
 
 from ._backends import Backend, Outcome
 from ._requests import Request, Turns, Waiter
-from .errors import TimeoutError, translate
+from .errors import StoreError, TimeoutError, translate
 
 
 class Counters:
@@ -69,6 +69,27 @@ def run_group(
         # in it gets the engine's error.
         backend.rollback(conn)
         return live, [], translate(exc)
+
+
+def lost_connection(
+    backend: Backend, conn: Any, outcomes: list[Outcome], error: BaseException | None
+) -> StoreError | None:
+    """The error for a group that failed because `conn` was closed behind safestore's
+    back (a run() function that closed the connection it was lent), else None.
+
+    Checked only when something in the group failed. SQLite's writer connection refuses
+    close(); a DuckDB connection cannot, and every later write on it would fail with the
+    engine's "Connection already closed!", which names no culprit.
+    """
+    if error is None and all(out[2] is None for out in outcomes):
+        return None
+    if not backend.is_closed(conn):
+        return None
+    return StoreError(
+        "the store's connection was closed by something other than safestore (a run() "
+        "function that called close()?); nothing of this group was committed, and the "
+        "store cannot write any more: close it and open a new Store"
+    )
 
 
 def settle(

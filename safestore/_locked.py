@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ._backends import Backend
-from ._group import Counters, run_group, settle
+from ._group import Counters, lost_connection, run_group, settle
 from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, TimeoutError
 
@@ -64,7 +64,11 @@ class LockEngine:
                     self.counters.accepted += 1
             # A request withdrawn before run_group claims it (AsyncStore cancels a
             # waiting write) is skipped there: nothing of it runs.
-            settle(self.counters, *run_group(self.backend, self.conn, [req]))
+            live, outcomes, error = run_group(self.backend, self.conn, [req])
+            lost = lost_connection(self.backend, self.conn, outcomes, error)
+            if lost is not None:  # every later write fails the same way, at once
+                outcomes, error = [], lost
+            settle(self.counters, live, outcomes, error)
             return req.future
         finally:
             self._runner = None

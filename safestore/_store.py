@@ -258,7 +258,7 @@ class Store:
     def run(self, fn: Callable[..., T], /, *args: Any, wait: bool = True, **kwargs: Any) -> Any:
         """Call ``fn(conn, *args, **kwargs)`` on the writer inside one transaction.
 
-        `conn` is the raw engine connection; do not commit or roll back in `fn`. If `fn`
+        `conn` is the raw engine connection; do not commit, roll back or close it in `fn`. If `fn`
         raises, its work is rolled back and the exception reaches the caller.
         """
         if not callable(fn):

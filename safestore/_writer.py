@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ._backends import Backend
-from ._group import Counters, run_group, settle, wait_result
+from ._group import Counters, lost_connection, run_group, settle, wait_result
 from ._readers import Waiting
 from ._requests import Request, Turns, TxSession, Waiter
 from .errors import StoreClosedError, StoreError, TimeoutError, translate
@@ -504,6 +504,14 @@ def _commit_segment(
 ) -> None:
     with guard():
         live, outcomes, error = run_group(backend, conn, segment)
+        lost = lost_connection(backend, conn, outcomes, error)
+    if lost is not None:
+        # Nothing can be written any more: fail this group with the reason, and make
+        # every later call fail at once (on the writer thread, by dying here).
+        settle(state.counters, live, [], lost)
+        with state.lock:
+            state.broken = lost
+        raise lost
     settle(state.counters, live, outcomes, error, state.turns)
     # Writes withdrawn by callers that timed out or were cancelled raised there.
     state.counters.failed += sum(1 for r in segment if r.is_write and r.future.cancelled())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ DUCKDB_SCHEMA = (
 
 def SCHEMA(conn: Any) -> None:
     """`setup` callable: table t(id auto-assigned, v TEXT UNIQUE, n INTEGER) on either engine."""
-    sqlite = type(conn).__module__.startswith("sqlite3")
+    sqlite = isinstance(conn, sqlite3.Connection)
     conn.execute(SQLITE_SCHEMA if sqlite else DUCKDB_SCHEMA)
 
 

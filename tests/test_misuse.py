@@ -106,6 +106,35 @@ def test_system_exit_in_run_reaches_its_caller_only(store: safestore.Store) -> N
     assert count(store) == 1
 
 
+def test_run_cannot_close_the_connection(make_store: Callable[..., safestore.Store]) -> None:
+    """A run() function that closes the connection it was lent never leaves the store
+    failing later calls with the engine's puzzling "closed" errors: SQLite refuses the
+    close() (the store lives on); DuckDB, whose connections cannot refuse it, fails that
+    call and every later write at once with a StoreError that says what happened."""
+    store = make_store(setup=SCHEMA)
+    store.insert("t", {"v": "before"})
+
+    def fn(conn: Any) -> None:
+        conn.execute("INSERT INTO t (v) VALUES ('in fn')")
+        conn.close()
+
+    if store.backend == "sqlite":
+        with pytest.raises(safestore.ProgrammingError, match="cannot close"):
+            store.run(fn)
+        store.insert("t", {"v": "after"})
+        assert sorted(store.query("SELECT v FROM t")) == [("after",), ("before",)]
+        return
+    with pytest.raises(safestore.StoreError, match="connection was closed"):
+        store.run(fn)
+    start = time.monotonic()
+    with pytest.raises(safestore.StoreError, match="connection was closed"):
+        store.insert("t", {"v": "after"})
+    assert time.monotonic() - start < WAIT / 2
+    store.close()
+    with safestore.Store(store.path, backend=store.backend, timeout=WAIT) as again:
+        assert again.query("SELECT v FROM t") == [("before",)]
+
+
 def test_timeout_beyond_threading_limit_is_refused(tmp_path: Path) -> None:
     """A timeout larger than threading.TIMEOUT_MAX is refused up front."""
     with pytest.raises(ValueError, match="TIMEOUT_MAX"):

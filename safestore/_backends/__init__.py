@@ -83,6 +83,11 @@ class Backend(Protocol):
     def in_transaction(self, conn: Any) -> bool:
         """Whether a transaction is open on `conn`."""
 
+    def is_closed(self, conn: Any) -> bool:
+        """Whether `conn` was closed behind safestore's back (by a run() function).
+
+        May run a statement: called only after a write failed."""
+
     def release_in_child(self, conn: Any) -> bool:
         """In a forked child, close inherited `conn` if that is safe; True if closed."""
 
@@ -119,6 +124,7 @@ ENGINE_CALLS = (
     "rollback",
     "run_script",
     "in_transaction",
+    "is_closed",
     "apply",
     "read",
     "restore_after_read",

@@ -283,6 +283,17 @@ class DuckDBBackend(GroupCommit):
     def in_transaction(self, conn: Any) -> bool:
         return id(conn) in self._open
 
+    def is_closed(self, conn: Any) -> bool:
+        # A DuckDB connection cannot refuse close() (its methods cannot be replaced), and
+        # says it is closed only when used.
+        try:
+            conn.execute("SELECT 1").fetchall()
+        except duckdb.ConnectionException:
+            return True
+        except duckdb.Error:
+            return False
+        return False
+
     def run_script(self, conn: Any, script: str) -> None:
         statements = conn.extract_statements(script)
         if not statements:

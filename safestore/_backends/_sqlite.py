@@ -27,7 +27,7 @@ from typing import Any
 
 from .._dbapi_sql import has_returning, is_insert
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
-from ..errors import StoreError, TimeoutError, translate
+from ..errors import ProgrammingError, StoreError, TimeoutError, translate
 from . import Config, Outcome
 from ._sqlite_guard import (
     _call_run,
@@ -48,6 +48,27 @@ def _insert_sql(table: str, columns: tuple[str, ...], nrows: int, returning: str
     row = "(" + ",".join("?" * len(columns)) + ")"
     sql = f"INSERT INTO {table} ({','.join(columns)}) VALUES " + ",".join([row] * nrows)
     return f"{sql} RETURNING {returning}" if returning else sql
+
+
+class _WriterConnection(sqlite3.Connection):
+    """The writer's connection, which only safestore closes.
+
+    It is lent to run() functions (and, in lock mode, used by every thread): one that
+    closed it would leave every later call of the store failing with "Cannot operate on
+    a closed database". safestore closes it with `_close`, the base class's method.
+    """
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise ProgrammingError(
+            "a run() function cannot close the store's connection (safestore closes it "
+            "in Store.close())"
+        )
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    sqlite3.Connection.close(conn)  # also for a _WriterConnection
 
 
 class _TransactionEnded(Exception):
@@ -76,7 +97,13 @@ class SQLiteBackend:
 
     # --- connections ---------------------------------------------------------------
 
-    def _connect(self, *, read_only: bool, cached_statements: int = 128) -> sqlite3.Connection:
+    def _connect(
+        self,
+        *,
+        read_only: bool,
+        cached_statements: int = 128,
+        factory: type[sqlite3.Connection] = sqlite3.Connection,
+    ) -> sqlite3.Connection:
         cfg = self.config
         if cfg.path == ":memory:":
             target, uri = ":memory:", False
@@ -94,6 +121,7 @@ class SQLiteBackend:
             check_same_thread=False,
             cached_statements=cached_statements,
             uri=uri,
+            factory=factory,
         )
         return conn
 
@@ -103,7 +131,9 @@ class SQLiteBackend:
         # statement cache is off (CPython gh-118172: cached statements shared between
         # threads' cursors returned wrong rows).
         conn = self._connect(
-            read_only=cfg.read_only, cached_statements=0 if cfg.shared_writer else 128
+            read_only=cfg.read_only,
+            cached_statements=0 if cfg.shared_writer else 128,
+            factory=_WriterConnection,
         )
         try:
             if not cfg.read_only:
@@ -114,7 +144,7 @@ class SQLiteBackend:
                 conn.execute("PRAGMA query_only=1")
             self._max_vars = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         except BaseException:
-            conn.close()
+            _close(conn)
             raise
         return conn
 
@@ -130,7 +160,7 @@ class SQLiteBackend:
 
     def close(self, conn: Any) -> None:
         try:
-            conn.close()
+            _close(conn)
         except Exception as exc:  # closing must not mask the reason we are closing
             log.warning("closing a SQLite connection failed: %s", exc)
 
@@ -208,6 +238,14 @@ class SQLiteBackend:
 
     def in_transaction(self, conn: Any) -> bool:
         return bool(conn.in_transaction)
+
+    def is_closed(self, conn: Any) -> bool:
+        # _WriterConnection refuses close(); sqlite3.Connection.close(conn) still works.
+        try:
+            conn.in_transaction  # noqa: B018 (raises on a closed connection)
+        except sqlite3.ProgrammingError:
+            return True
+        return False
 
     # --- group commit ----------------------------------------------------------------
 
