@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -26,6 +27,12 @@ fork_generation = 0
 
 #: Every open store. Weak, so it never keeps a forgotten store alive.
 live: weakref.WeakSet[Store] = weakref.WeakSet()
+
+# Writers told to close from their own thread (by a run() function, or by the finalizer
+# of a store collected there), which could not wait for themselves: the exit hook
+# waits for them to finish their queues. Strong references: the store may be gone.
+_draining: list[Any] = []
+_draining_lock = threading.Lock()
 
 # Engines and readers inherited by a forked child. Kept referenced for the child's
 # whole life so that the connections the backend could not close safely (see
@@ -43,28 +50,54 @@ def _close_all_at_exit() -> None:
     so the writer threads (daemons) are still alive to drain their queues.
     """
     for store in list(live):  # emptied in a forked child by _after_fork_in_child
-        # Queue mode waits for the writer to commit everything queued. Lock mode has
-        # nothing queued: it only waits for the thread holding the lock, which may be
-        # a daemon thread inside a transaction, or one that is gone for good (a thread
-        # pool that exit tears down while one of its threads holds the lock); that
-        # wait is bounded by the store's timeout (LockEngine.close).
+        # Queue mode waits for the writer to commit everything queued, as long as it
+        # makes progress (QueueEngine.close). Lock mode has nothing queued: it only
+        # waits for the thread holding the lock, which may be a daemon thread inside a
+        # transaction, or one that is gone for good (a thread pool that exit tears down
+        # while one of its threads holds the lock); that wait is bounded by the store's
+        # timeout (LockEngine.close). Either way a statement that never ends is
+        # interrupted first.
         try:
             store.close()
         except TimeoutError:
-            log.warning(
-                "at exit, another thread still held the lock of %r after %.1fs; its "
-                "uncommitted transaction is discarded",
-                store,
-                store._timeout,
-            )
+            store._engine.abandon_at_exit(store)
         except Exception:  # keep closing the others
             log.exception("closing %r at exit failed", store)
+    with _draining_lock:
+        engines = list(_draining)
+        _draining.clear()
+    for engine in engines:
+        try:
+            engine.close(None)  # from this thread it waits, as Store.close() does
+        except TimeoutError:
+            engine.abandon_at_exit(engine)
+        except Exception:
+            log.exception("closing a store's writer at exit failed")
+
+
+def close_at_exit(engine: Any) -> None:
+    """Have the exit hook wait for `engine`'s writer, which was closed from its own thread.
+
+    Engines whose writer has finished meanwhile are closed and dropped here, so the
+    list stays short in a program that keeps forgetting stores.
+    """
+    with _draining_lock:
+        done = [e for e in _draining if e.state.exited.is_set()]
+        _draining[:] = [e for e in _draining if e not in done]
+        _draining.append(engine)
+    for e in done:
+        e.backend.close(e.conn)
 
 
 def _after_fork_in_child() -> None:
-    global fork_generation
+    global fork_generation, _draining_lock
     fork_generation += 1
-    if not live:
+    # The parent's draining writers are not the child's to wait for or close (and the
+    # lock may have been held by one of the parent's threads at the fork).
+    _draining_lock = threading.Lock()
+    _orphaned.extend(_draining)
+    _draining.clear()
+    if not live and not _orphaned:
         return
     for store in list(live):
         _orphaned.extend(store._detach_after_fork())

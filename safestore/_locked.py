@@ -11,6 +11,7 @@ running write never deadlock on it: Store refuses them with a clear `StoreError`
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -20,6 +21,8 @@ from ._backends import Backend
 from ._group import Counters, lost_connection, run_group, settle
 from ._requests import Request, TxSession, Waiter
 from .errors import StoreClosedError, TimeoutError
+
+log = logging.getLogger("safestore")
 
 
 class LockEngine:
@@ -70,6 +73,11 @@ class LockEngine:
                 outcomes, error = [], lost
             settle(self.counters, live, outcomes, error)
             return req.future
+        except BaseException:
+            # A KeyboardInterrupt anywhere in the group (say, just after BEGIN) must not
+            # leave a transaction open on the shared connection for the next holder.
+            self.backend.rollback(self.conn)
+            raise
         finally:
             self._runner = None
             self.lock.release()
@@ -83,19 +91,24 @@ class LockEngine:
         self.acquire(deadline)
         try:
             self.backend.begin(self.conn)
+            session.future.set_running_or_notify_cancel()
+            session.conn = self.conn
+            # Lock mode has no writer to expire an idle transaction: other threads simply
+            # time out waiting for the lock.
+            session.idle_timeout = float("inf")
+            session.granted.set()  # from here on, end_session releases the lock
         except BaseException:
+            self.backend.rollback(self.conn)
             self.lock.release()
             raise
-        session.future.set_running_or_notify_cancel()
-        session.conn = self.conn
-        # Lock mode has no writer to expire an idle transaction: other threads simply
-        # time out waiting for the lock.
-        session.idle_timeout = float("inf")
-        session.granted.set()
 
     def end_session(self, session: TxSession) -> None:
         session.done.set()
         session.conn = None
+        # Normally committed or rolled back by now; not if the owner was interrupted
+        # (KeyboardInterrupt) before its block began.
+        if self.backend.in_transaction(self.conn):
+            self.backend.rollback(self.conn)
         if not session.future.done():
             session.future.set_result(None)
         self.lock.release()
@@ -110,10 +123,16 @@ class LockEngine:
 
         Nothing is queued in lock mode, so there is nothing to wait for but the thread
         holding the lock, which may never let go (stuck in a transaction, or waiting
-        for this very close): without `timeout` the wait is bounded by the store's.
+        for this very close): without `timeout` the wait is bounded by the store's, and
+        if the lock is still held then, the statement running on the connection (if
+        any: one that never ends) is interrupted and the wait starts once more.
         """
         limit = self.timeout if timeout is None else timeout
-        if not self.lock.acquire(timeout=limit):
+        got = self.lock.acquire(timeout=limit)
+        if not got and timeout is None:
+            self.backend.interrupt(self.conn)
+            got = self.lock.acquire(timeout=limit)
+        if not got:
             raise TimeoutError(f"a call still held the store's lock after {limit:.1f}s")
         try:
             if not self.closed:
@@ -121,6 +140,15 @@ class LockEngine:
                 self.backend.close(self.conn)
         finally:
             self.lock.release()
+
+    def abandon_at_exit(self, store: object) -> None:
+        """The interpreter is exiting and close() gave up waiting for the lock."""
+        log.warning(
+            "at exit, another thread still held the lock of %r after %.1fs; its "
+            "uncommitted transaction is discarded",
+            store,
+            self.timeout,
+        )
 
     def queue_depth(self) -> int:
         return 0

@@ -311,12 +311,14 @@ class Store:
         session = TxSession(self._timeout)
         deadline = time.monotonic() + self._timeout
         try:
-            self._engine.begin_session(session, deadline)
-        except Exception as exc:
-            raise translate(exc) from exc.__cause__
-        tx = Transaction(self._engine_backend, session)
-        self._tx_local.session = session
-        try:
+            # Inside the try: whatever interrupts the thread once the session is granted
+            # (a KeyboardInterrupt before the block even starts), it is ended below.
+            try:
+                self._engine.begin_session(session, deadline)
+            except Exception as exc:
+                raise translate(exc) from exc.__cause__
+            tx = Transaction(self._engine_backend, session)
+            self._tx_local.session = session
             try:
                 yield tx
             except BaseException:
@@ -331,7 +333,8 @@ class Store:
             self._record_tx(tx.writes, committed=True)
         finally:
             self._tx_local.session = None
-            self._engine.end_session(session)
+            if session.granted.is_set():  # else begin_session cleaned up after itself
+                self._engine.end_session(session)
 
     def _record_tx(self, writes: int, *, committed: bool) -> None:
         """Count a finished transaction block's write calls in the stats."""

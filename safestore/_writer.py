@@ -33,6 +33,7 @@ from concurrent.futures import Future, InvalidStateError
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from . import _lifecycle
 from ._backends import Backend
 from ._group import Counters, lost_connection, run_group, settle, wait_result
 from ._readers import Waiting
@@ -110,6 +111,14 @@ class _State:
         #: share it): an idle transaction holding them up is rolled back.
         self.readers_waiting = Waiting()
         self.turns = Turns()  # whether groups' callers are woken in turn (see Waiter)
+        #: Bumped each time a group or a transaction block is done with the connection:
+        #: close() reads it to tell a writer that is moving from one that is stuck. A
+        #: plain int; only its changing matters.
+        self.steps = 0
+        #: Set by the writer thread as it leaves (after its last engine call). close()
+        #: waits for this, not for the thread: on 3.11 a `Thread.join()` interrupted by
+        #: KeyboardInterrupt can mark a thread that is still running as stopped.
+        self.exited = threading.Event()
 
     def fail_queued(self, exc_factory: Callable[[], BaseException]) -> None:
         """Fail every request still queued (called once no more can be enqueued)."""
@@ -368,20 +377,85 @@ class QueueEngine:
         wait_result(fut, deadline, self.timeout)
 
     def close(self, timeout: float | None) -> None:
-        """Stop accepting, let the writer commit what is queued, then join it."""
+        """Stop accepting, let the writer commit what is queued, then join it.
+
+        With `timeout`, waits that long in all. Without, waits as long as the writer
+        makes progress (see `_join_while_moving`).
+        """
         state = self.state
         with state.lock:
             if not state.closed:
                 state.closed = True
                 state.queue.put(STOP)
         if threading.current_thread() is self.thread:
-            return  # close() called from a run() function: the writer exits after this batch
-        self.thread.join(timeout)
-        if self.thread.is_alive():
+            # From a run() function, or the finalizer of a store collected on this
+            # thread: the writer finishes the queue once this returns. It cannot wait
+            # for itself, so the exit hook waits for it (and closes the connection).
+            _lifecycle.close_at_exit(self)
+            return
+        if timeout is None:
+            self._join_while_moving()
+        elif not state.exited.wait(timeout):
             raise TimeoutError(
                 f"the writer was still committing queued writes after {timeout:.1f}s; "
                 "it goes on in the background"
             )
+        self.backend.close(self.conn)
+
+    def _join_while_moving(self) -> None:
+        """Wait for the writer to finish, for as long as it finishes steps.
+
+        A queue of any length is committed: each group (or transaction block) finished
+        restarts the wait. A step that has held the connection for the store's whole
+        timeout (a statement that never ends, a wait for another process's lock) is
+        interrupted: that write fails with the engine's error, and the writer goes on
+        with the rest. If no step finishes within another timeout, the writer is stuck
+        outside the engine (a run() function that never returns): raise TimeoutError,
+        and leave it running in the background.
+        """
+        state = self.state
+        interrupted = False
+        while True:
+            steps = state.steps
+            if state.exited.wait(self.timeout):
+                return
+            if state.steps != steps:
+                interrupted = False
+                continue
+            if interrupted:
+                raise TimeoutError(
+                    f"the writer has been in one step for more than {2 * self.timeout:.1f}s, "
+                    "even after an interrupt (a run() function that does not return?); it "
+                    "goes on in the background"
+                )
+            log.warning(
+                "closing: the writer has been in one step for more than %.1fs; "
+                "interrupting the statement it is running",
+                self.timeout,
+            )
+            self.backend.interrupt(self.conn)
+            interrupted = True
+
+    def abandon_at_exit(self, store: object) -> None:
+        """The interpreter is exiting and close() gave up on a stuck writer.
+
+        Exiting with the writer still inside SQLite is harmless: the thread just stops.
+        Inside DuckDB it is not: a daemon thread that comes back from DuckDB while the
+        interpreter shuts down is unwound through DuckDB's C++ frames, which aborts the
+        process. So on DuckDB keep waiting (the writer may still come back).
+        """
+        stuck = "at exit, the writer of %r is stuck in one step even after an interrupt"
+        if self.backend.may_exit_mid_call:
+            log.error(
+                stuck + " (a run() function that does not return?); %d accepted write(s) "
+                "queued behind it are not committed",
+                store,
+                self.queue_depth(),
+            )
+            return
+        while not self.state.exited.is_set():
+            log.warning(stuck + "; waiting for it, as exiting now could abort the process", store)
+            self.state.exited.wait(max(self.timeout, 10.0))
         self.backend.close(self.conn)
 
     @property
@@ -414,6 +488,8 @@ def _writer_main(
             state.broken = exc
         cause = exc
         state.fail_queued(lambda: _died(cause))
+    finally:
+        state.exited.set()
 
 
 def _died(cause: BaseException) -> StoreError:
@@ -465,6 +541,7 @@ def _loop(state: _State, backend: Backend, conn: Any, conn_lock: threading.Lock 
                     _commit_segment(state, backend, conn, segment, guard)
                     segment = []
                     _serve_session(backend, conn, item, guard, state)
+                    state.steps += 1
                 else:
                     segment.append(item)
             _commit_segment(state, backend, conn, segment, guard)
@@ -515,6 +592,7 @@ def _commit_segment(
     settle(state.counters, live, outcomes, error, state.turns)
     # Writes withdrawn by callers that timed out or were cancelled raised there.
     state.counters.failed += sum(1 for r in segment if r.is_write and r.future.cancelled())
+    state.steps += 1
 
 
 def _serve_session(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -757,3 +758,69 @@ def test_interrupt_after_waking_the_writer_leaves_the_queue_count_right() -> Non
         QueueEngine._enqueue(None, state, req, float("inf"))  # type: ignore[arg-type]
     assert state.depth == 1
     assert state.queue.get_nowait() is req  # counted and queued: the writer will run it
+
+
+def _interrupt_once_after(
+    monkeypatch: pytest.MonkeyPatch, cls: type, name: str, thread: threading.Thread
+) -> None:
+    """Make `cls.name` raise KeyboardInterrupt once, in `thread`, just after it returns
+    (as if Ctrl-C landed there)."""
+    real = getattr(cls, name)
+    fired = threading.Event()
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, *args, **kwargs)
+        if threading.current_thread() is thread and not fired.is_set():
+            fired.set()
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(cls, name, interrupted)
+
+
+@pytest.mark.parametrize("where", ["begin", "deferred BEGIN"])
+def test_keyboard_interrupt_in_a_write_leaves_no_transaction_open(
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C just after a write's transaction began (lock mode, or a caller running its
+    write on the lent connection) rolls it back: later writes of every thread are not
+    refused ("cannot start a transaction within a transaction"), nor acknowledged
+    inside a transaction nobody commits (DuckDB), and all of them reach the file."""
+    store = make_store(setup=SCHEMA)
+    backend = store._engine.backend
+    if where == "deferred BEGIN":
+        if store.backend != "duckdb":
+            pytest.skip("only DuckDB defers BEGIN to the first statement")
+        _interrupt_once_after(monkeypatch, type(backend), "_started", threading.main_thread())
+    else:
+        _interrupt_once_after(monkeypatch, type(backend), "begin", threading.main_thread())
+    with pytest.raises(KeyboardInterrupt):
+        store.execute("INSERT INTO t (v) VALUES ('interrupted')")
+    store.insert("t", {"v": "mine"})
+    in_thread(lambda: store.insert("t", {"v": "theirs"}))
+    store.insert("t", {"v": "mine again"})
+    store.close()
+    with safestore.Store(store.path, backend=store.backend, timeout=WAIT) as again:
+        rows = {v for (v,) in again.query("SELECT v FROM t")}
+    assert (
+        {"mine", "theirs", "mine again"} <= rows <= {"interrupted", "mine", "theirs", "mine again"}
+    )
+
+
+def test_keyboard_interrupt_as_a_transaction_begins_ends_it(
+    make_store: Callable[..., safestore.Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between the start of a transaction() and its block: the session is ended
+    at once (lock mode: the lock is released; queue mode: the writer does not wait for
+    the idle timeout), so other threads' writes go on."""
+    store = make_store(setup=SCHEMA)
+    _interrupt_once_after(
+        monkeypatch, type(store._engine), "begin_session", threading.main_thread()
+    )
+    with pytest.raises(KeyboardInterrupt), store.transaction() as tx:
+        tx.insert("t", {"v": "never"})
+    start = time.monotonic()
+    in_thread(lambda: store.insert("t", {"v": "theirs"}))
+    assert time.monotonic() - start < WAIT / 2  # not the store's timeout, or forever
+    store.insert("t", {"v": "mine"})
+    assert sorted(store.query("SELECT v FROM t")) == [("mine",), ("theirs",)]

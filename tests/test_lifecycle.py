@@ -86,6 +86,70 @@ def test_close_commits_everything_accepted(make_store: Callable[..., safestore.S
     assert store.closed
 
 
+# Statements that would run for days: SQLite counts an endless recursive CTE, DuckDB a
+# range of 10**15 rows. Neither grows the file or the memory while it runs.
+RUNAWAY = {
+    "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    "SELECT count(*) FROM c",
+    "duckdb": "SELECT count(*) FROM range(1000000000000000)",
+}
+
+
+def test_close_interrupts_a_write_that_never_ends(
+    make_store: Callable[..., safestore.Store], backend: str
+) -> None:
+    """close() interrupts a statement that has kept the writer (or the lock) for the
+    store's whole timeout: that write fails, the writes queued behind it commit, and
+    close() returns instead of waiting for it forever."""
+    store = make_store(setup=SCHEMA, timeout=0.5)
+    started = threading.Event()
+
+    def runaway(conn: Any) -> Any:
+        started.set()
+        return conn.execute(RUNAWAY[backend]).fetchall()
+
+    worker = Worker(lambda: store.run(runaway))
+    assert started.wait(WAIT)
+    behind = store.insert("t", {"v": "behind"}, wait=False) if store.mode == "queue" else None
+    begin = time.monotonic()
+    store.close()
+    assert time.monotonic() - begin < WAIT / 2
+    # Queue mode: the caller stopped waiting at its own timeout; lock mode: it ran the
+    # statement itself and sees the interrupt.
+    with pytest.raises((safestore.TimeoutError, safestore.OperationalError)):
+        worker.join()
+    expected = []
+    if behind is not None:
+        assert behind.result(0).rowcount == 1
+        expected = [("behind",)]
+    with safestore.Store(store.path, backend=backend, timeout=WAIT) as again:
+        assert again.query("SELECT v FROM t") == expected
+
+
+def test_close_interrupts_a_runaway_statement_without_losing_its_group(
+    make_store: Callable[..., safestore.Store], backend: str
+) -> None:
+    """Queue mode: the interrupted statement shared its group with other writes. Only it
+    fails; it is not run again (that would need another interrupt), the others commit."""
+    store = make_store(setup=SCHEMA, timeout=0.5)
+    if store.mode == "lock":
+        pytest.skip("lock mode runs every write alone")
+    gate, held = freeze(store)
+    before = store.insert("t", {"v": "before"}, wait=False)
+    runaway = store.execute(f"UPDATE t SET n = ({RUNAWAY[backend]})", wait=False)
+    after = store.insert("t", {"v": "after"}, wait=False)
+    gate.release()
+    held.result(WAIT)
+    begin = time.monotonic()
+    store.close()
+    assert time.monotonic() - begin < WAIT / 2
+    assert before.result(0).rowcount == 1
+    assert isinstance(runaway.exception(0), safestore.OperationalError)
+    assert after.result(0).rowcount == 1
+    with safestore.Store(store.path, backend=backend, timeout=WAIT) as again:
+        assert sorted(again.query("SELECT v, n FROM t")) == [("after", None), ("before", None)]
+
+
 def test_calls_after_close_raise(store: safestore.Store) -> None:
     """Every call after close() raises StoreClosedError; close() is idempotent."""
     store.close()
@@ -329,6 +393,86 @@ def test_exit_without_close_loses_nothing(tmp_path: Path, backend: str, mode: st
         assert count(store) == 2000
 
 
+FREED_ON_ITS_WRITER = """
+    import sys, threading, weakref
+    import safestore
+    path, backend = sys.argv[1], sys.argv[2]
+    gate, freed = threading.Event(), threading.Event()
+
+    class Owner:
+        def __init__(self):
+            self.store = safestore.Store(path, backend=backend, setup="CREATE TABLE t (v INTEGER)")
+
+        def first(self, conn):
+            assert gate.wait(30)
+            conn.execute("INSERT INTO t VALUES (-1)")
+
+    owner = Owner()
+    owner.store.run(owner.first, wait=False)
+    for i in range(3000):
+        owner.store.insert("t", {"v": i}, wait=False)
+    weakref.finalize(owner.store, freed.set)
+    del owner  # the queued run() request (a bound method) now holds the last reference
+    gate.set()
+    assert freed.wait(30)  # collected, and finalized, on the writer thread
+    print("freed", flush=True)
+    # exit at once, the writer still committing the 3000 inserts behind the function
+"""
+
+
+def test_store_freed_on_its_writer_thread_loses_nothing_at_exit(
+    tmp_path: Path, backend: str
+) -> None:
+    """A forgotten store whose last reference was a queued run() function is freed on
+    its own writer thread, which cannot wait for itself: the exit hook still waits
+    for it to commit what it accepted."""
+    path = db_path(tmp_path, backend)
+    proc = run_script(FREED_ON_ITS_WRITER, path, backend, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "freed" in proc.stdout
+    with safestore.Store(path) as store:
+        assert count(store) == 3001
+
+
+CTRL_C_IN_CLOSE = """
+    import os, signal, sys, threading
+    import safestore
+    store = safestore.Store(sys.argv[1], backend=sys.argv[2], setup="CREATE TABLE t (v INTEGER)")
+    gate, interrupted = threading.Event(), threading.Event()
+    store.run(lambda conn: gate.wait(30), wait=False)
+    for i in range(3000):
+        store.insert("t", {"v": i}, wait=False)
+
+    def press_ctrl_c():
+        while not store.closed:  # close() has started, and waits for the writer
+            interrupted.wait(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupted.wait(30)
+        gate.set()
+
+    threading.Thread(target=press_ctrl_c).start()
+    try:
+        store.close()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        interrupted.set()
+    store.close()  # again: waits for the writer to commit everything, then closes
+    print("closed", flush=True)
+"""
+
+
+def test_ctrl_c_in_close_loses_nothing(tmp_path: Path, backend: str) -> None:
+    """KeyboardInterrupt while close() waits for the writer: closing again waits for it
+    to finish (on 3.11 an interrupted Thread.join() could mark the running writer as
+    stopped, and the connection was closed under it, losing the queue)."""
+    path = db_path(tmp_path, backend)
+    proc = run_script(CTRL_C_IN_CLOSE, path, backend, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "interrupted" in proc.stdout and "closed" in proc.stdout
+    with safestore.Store(path) as store:
+        assert count(store) == 3000
+
+
 EXIT_WITH_OPEN_TRANSACTION = """
     import sys, threading
     import safestore
@@ -363,6 +507,65 @@ def test_exit_with_a_daemon_thread_inside_a_transaction(
     assert "exiting" in proc.stdout
     with safestore.Store(path) as store:
         assert store.query("SELECT v FROM t") == [(1,)]
+
+
+EXIT_WITH_A_STUCK_WRITER = """
+    import sys, threading
+    import safestore
+    backend, mode, stuck_in = sys.argv[2], sys.argv[3], sys.argv[4]
+    store = safestore.Store(
+        sys.argv[1], backend=backend, mode=mode, timeout=0.5, setup="CREATE TABLE t (v INTEGER)"
+    )
+    store.insert("t", {"v": 1})
+    inside = threading.Event()
+    RUNAWAY = {
+        "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT count(*) FROM c",
+        "duckdb": "SELECT count(*) FROM range(1000000000000000)",
+    }
+
+    def stuck(conn):
+        inside.set()
+        if stuck_in == "statement":
+            conn.execute(RUNAWAY[backend]).fetchall()
+        else:
+            threading.Event().wait()  # a function that never returns
+
+    def call():
+        try:
+            store.run(stuck)
+        except Exception as exc:
+            print("the stuck call failed:", type(exc).__name__, flush=True)
+
+    threading.Thread(target=call, daemon=True).start()
+    assert inside.wait(30)
+    if mode == "queue":
+        store.insert("t", {"v": 2}, wait=False)
+    print("exiting", flush=True)
+    # no close(): the interpreter exits with the writer stuck
+"""
+
+
+@pytest.mark.parametrize("stuck_in", ["statement", "function"])
+def test_exit_with_a_stuck_writer(tmp_path: Path, backend: str, mode: str, stuck_in: str) -> None:
+    """At exit, a statement that never ends is interrupted and the writes queued behind it
+    commit. A run() function that never returns cannot be interrupted: SQLite exits
+    without it (logging the writes it could not commit); DuckDB cannot, see
+    QueueEngine.abandon_at_exit (lock mode: the thread holding the lock is left)."""
+    if (backend, mode, stuck_in) == ("duckdb", "queue", "function"):
+        pytest.skip("exit waits for a DuckDB writer stuck outside the engine (documented)")
+    path = db_path(tmp_path, backend)
+    begin = time.monotonic()
+    proc = run_script(EXIT_WITH_A_STUCK_WRITER, path, backend, mode, stuck_in, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "exiting" in proc.stdout
+    assert time.monotonic() - begin < 30
+    expected = [(1,), (2,)] if mode == "queue" else [(1,)]
+    if (mode, stuck_in) == ("queue", "function"):
+        expected = [(1,)]
+        assert "1 accepted write(s) queued behind it are not committed" in proc.stderr
+    with safestore.Store(path) as store:
+        assert store.query("SELECT v FROM t ORDER BY v") == expected
 
 
 def test_unused_store_exits_at_once(tmp_path: Path, backend: str) -> None:

@@ -45,6 +45,9 @@ class Backend(Protocol):
     #: How many requests the writer waits for before it commits a group, at most
     #: (None: as many as the previous group held). See `safestore._writer._loop`.
     group_target: int | None
+    #: Whether the interpreter may exit while a daemon thread is inside an engine call
+    #: (see QueueEngine.abandon_at_exit).
+    may_exit_mid_call: bool
 
     def connect_writer(self) -> Any:
         """Open the connection all writes go through (also lock mode's only connection)."""

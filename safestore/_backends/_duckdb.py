@@ -130,6 +130,9 @@ class DuckDBBackend(GroupCommit):
     # 50 threads this gave ~22k rows/s against ~15k when waiting for all 50; with 8 it
     # changes nothing (measured, 2 cores).
     group_target: int | None = 16
+    # One that comes back from DuckDB then is unwound through its C++ frames, and the
+    # process aborts ("FATAL: exception not rethrown").
+    may_exit_mid_call = False
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -224,8 +227,12 @@ class DuckDBBackend(GroupCommit):
     def _started(self, conn: Any) -> None:
         """Send the deferred BEGIN of the open transaction, if not sent yet."""
         if id(conn) in self._lazy:
-            conn.execute("BEGIN TRANSACTION")
+            # Marked sent before it is: a KeyboardInterrupt just after the BEGIN must
+            # not leave a transaction that rollback() believes was never begun (later
+            # writes would run in it and be acknowledged without a COMMIT). A ROLLBACK
+            # with no transaction open is harmless.
             self._lazy.discard(id(conn))
+            conn.execute("BEGIN TRANSACTION")
 
     def _ensure_tx(self, conn: Any) -> None:
         """Use the transaction the caller opened for the group, else begin a new one."""

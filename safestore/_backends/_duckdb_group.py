@@ -144,6 +144,8 @@ class GroupCommit:
                 for unit in singles:
                     self._commit_units(conn, [unit], done)
                 return
+            # A unit that close() interrupted (it would not end) is never run again.
+            interrupted = isinstance(exc, duckdb.InterruptException)
             if n_ok:
                 # queue[:n_ok] succeeded but was rolled back with the failure: commit it
                 # on its own (it is strictly shorter, so this terminates). The failing
@@ -152,9 +154,10 @@ class GroupCommit:
                 # to run after writes in the same transaction).
                 self._commit_units(conn, queue[:n_ok], done)
                 queue = queue[n_ok:]
-                continue
+                if not interrupted:
+                    continue
             head = queue[0]
-            if len(head) > 1:
+            if len(head) > 1 and not interrupted:
                 # A merged insert failed: try each half; the failing request(s) end up
                 # alone and get their own error.
                 mid = len(head) // 2

@@ -71,6 +71,12 @@ def _close(conn: sqlite3.Connection) -> None:
     sqlite3.Connection.close(conn)  # also for a _WriterConnection
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` (or the engine error it wraps) is SQLite's "interrupted"."""
+    cause = exc.__cause__ if isinstance(exc, _TransactionEnded) else exc
+    return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT
+
+
 class _TransactionEnded(Exception):
     """A request returned after the engine had rolled back the group's transaction."""
 
@@ -86,6 +92,9 @@ class SQLiteBackend:
     # A commit costs a few hundred microseconds: full groups are fastest (measured with
     # 50 threads, 16 or 32 instead were 5-10% slower).
     group_target: int | None = None
+    # A daemon thread that comes back from SQLite while the interpreter exits just stops:
+    # only C frames are unwound.
+    may_exit_mid_call = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -283,8 +292,11 @@ class SQLiteBackend:
             # transaction of its own: only the culprit(s) fail, never the other callers
             # (guarantee 3). Linear, and only on this path.
             culprit = None
-            if isinstance(req, Run) and not req.lendable:
-                # A user's run() function that ended the transaction is not called again.
+            if req is not None and (
+                (isinstance(req, Run) and not req.lendable) or _interrupted(exc)
+            ):
+                # A user's run() function that ended the transaction is not called
+                # again, nor is a statement close() interrupted (it would not end).
                 err = exc.error if isinstance(exc, _TransactionEnded) else translate(exc)
                 culprit = (req, None, err)
             return self._one_by_one(conn, requests, culprit)
