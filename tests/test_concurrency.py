@@ -25,6 +25,7 @@ from tests.conftest import (
 )
 
 import safestore
+from safestore._locked import LockEngine
 
 
 def run_threads(n: int, target: Callable[[int], None]) -> list[BaseException]:
@@ -824,3 +825,25 @@ def test_keyboard_interrupt_as_a_transaction_begins_ends_it(
     assert time.monotonic() - start < WAIT / 2  # not the store's timeout, or forever
     store.insert("t", {"v": "mine"})
     assert sorted(store.query("SELECT v FROM t")) == [("mine",), ("theirs",)]
+
+
+@pytest.mark.parametrize("mode", ["lock"], indirect=True)
+def test_lock_left_held_by_an_interrupted_call_is_given_back(
+    make_store: Callable[..., safestore.Store],
+) -> None:
+    """Python cannot close every window in which a KeyboardInterrupt leaves a call with
+    the store's lock still held (between taking it and the `try` that releases it).
+    The thread's next call gives it back, rolling back what the call left open, so the
+    other threads go on."""
+    from safestore._requests import Execute
+
+    store = make_store(setup=SCHEMA)
+    engine = store._engine
+    assert isinstance(engine, LockEngine)
+    engine.lock.acquire()  # as if an earlier call had been interrupted just after this
+    engine.backend.begin(engine.conn)
+    engine.backend.apply(engine.conn, Execute("INSERT INTO t (v) VALUES ('left open')", ()))
+    store.insert("t", {"v": "mine"})
+    in_thread(lambda: store.insert("t", {"v": "theirs"}))
+    assert sorted(store.query("SELECT v FROM t")) == [("mine",), ("theirs",)]
+    assert not engine.lock._is_owned()  # type: ignore[attr-defined]
