@@ -200,7 +200,33 @@ def translate(exc: BaseException) -> BaseException:
     """
     if isinstance(exc, Error | Warning) or not _is_engine_error(exc):
         return exc
-    dual = dual_class(type(exc))
+    return _as(dual_class(type(exc)), exc)
+
+
+# sqlite3 reports a parameter value it cannot bind with builtin classes: OverflowError
+# for an int beyond 64 bits, UnicodeEncodeError for a str holding a lone surrogate.
+# Each gets a class that is also a safestore.DataError (see `bind_error`).
+_BIND_ERRORS: dict[type[BaseException], type[BaseException]] = {
+    cls: type(cls.__name__, (cls, DataError), {"__qualname__": cls.__qualname__})
+    for cls in (OverflowError, UnicodeEncodeError)
+}
+for _dual in _BIND_ERRORS.values():
+    _dual.__module__ = "builtins"  # tracebacks read as sqlite3's own
+
+
+def bind_error(exc: BaseException) -> BaseException:
+    """sqlite3's error for a parameter it could not bind, as one that is also a
+    `safestore.DataError` (DuckDB reports the same values with its own classes).
+
+    Only for errors raised while safestore itself runs a statement: the same classes
+    raised by a user's run() function are the user's, and stay as they are.
+    """
+    dual = _BIND_ERRORS.get(type(exc))
+    return exc if dual is None else _as(dual, exc)
+
+
+def _as(dual: type[BaseException], exc: BaseException) -> BaseException:
+    """A copy of `exc` of class `dual` (a subclass of its class)."""
     try:
         new = dual(*exc.args)
     except Exception:  # an engine class with an unusual __init__: set args directly

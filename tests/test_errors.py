@@ -129,6 +129,40 @@ def test_unsupported_value_type_fails_only_its_caller(store: safestore.Store) ->
     assert count(store) == 1
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "builtin"),
+    [("n", 2**70, OverflowError), ("v", "\ud800", UnicodeEncodeError)],
+    ids=["int beyond 64 bits", "lone surrogate"],
+)
+def test_a_value_the_engine_cannot_bind_is_a_safestore_error(
+    store: safestore.Store, column: str, value: Any, builtin: type[Exception]
+) -> None:
+    """sqlite3 reports these with builtin classes; safestore's come out as
+    `safestore.DataError` too (and still as the builtin class, for sqlite3 code),
+    from every write call, a transaction and a read. DuckDB uses its own classes."""
+    sql = f"INSERT INTO t ({column}) VALUES (?)"
+    calls = [
+        lambda: store.insert("t", {column: value}),
+        lambda: store.insert("t", {column: value}, wait=False).result(),
+        lambda: store.insert("t", [{column: value}, {column: value}]),
+        lambda: store.execute(sql, (value,)),
+        lambda: store.executemany(sql, [(value,)]),
+    ]
+    for call in calls:
+        with pytest.raises(safestore.Error) as info:
+            call()
+        if store.backend == "sqlite":
+            assert isinstance(info.value, builtin) and isinstance(info.value, safestore.DataError)
+    with pytest.raises(safestore.Error), store.transaction() as tx:
+        tx.insert("t", {column: value})
+    if store.backend == "sqlite":
+        with pytest.raises(builtin) as info:
+            store.query("SELECT ?", (value,))
+        assert isinstance(info.value, safestore.DataError)
+    store.insert("t", {"v": "ok"})
+    assert count(store) == 1
+
+
 def test_wrong_parameter_count(store: safestore.Store) -> None:
     """A wrong number of parameters is the engine's ProgrammingError-like error."""
     with pytest.raises(safestore.DatabaseError):

@@ -27,7 +27,7 @@ from typing import Any
 
 from .._dbapi_sql import has_returning, is_insert
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
-from ..errors import ProgrammingError, StoreError, TimeoutError, translate
+from ..errors import ProgrammingError, StoreError, TimeoutError, bind_error, translate
 from . import Config, Outcome
 from ._sqlite_guard import (
     _call_run,
@@ -475,6 +475,15 @@ class SQLiteBackend:
     # --- single requests -------------------------------------------------------------
 
     def apply(self, conn: Any, request: Request) -> Any:
+        if isinstance(request, Run):
+            self._returning.clear()
+            return _call_run(conn, request)  # fn cannot end the transaction (_sqlite_guard)
+        try:
+            return self._apply_statement(conn, request)
+        except (OverflowError, UnicodeEncodeError) as exc:  # a value sqlite3 cannot bind
+            raise bind_error(exc) from None
+
+    def _apply_statement(self, conn: Any, request: Request) -> Any:
         if isinstance(request, Insert):
             return self._insert_alone(conn, request)
         if isinstance(request, Execute):
@@ -499,9 +508,6 @@ class SQLiteBackend:
                 return Result(cur.rowcount, None, [])
             finally:
                 cur.close()
-        if isinstance(request, Run):
-            self._returning.clear()
-            return _call_run(conn, request)  # fn cannot end the transaction (_sqlite_guard)
         if isinstance(request, Flush):
             return None
         raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
@@ -532,7 +538,10 @@ class SQLiteBackend:
 
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:
         # The authorizer, the SQLITE_SCHEMA retry and ReadOnlyError: see _sqlite_guard.py.
-        return _guarded_read(conn, sql, params, shared=shared)
+        try:
+            return _guarded_read(conn, sql, params, shared=shared)
+        except (OverflowError, UnicodeEncodeError) as exc:  # a value sqlite3 cannot bind
+            raise bind_error(exc) from None
 
 
 def _each_returning(conn: Any, request: ExecuteMany) -> Result:
