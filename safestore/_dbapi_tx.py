@@ -190,13 +190,13 @@ def _owner_gone(ttx: ThreadTx) -> None:
 def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
     """Run one statement on a sqlite3 connection and fetch everything it returns."""
     # An upsert that updates instead of inserting leaves the connection's last rowid as
-    # it was (possibly another thread's insert): note it, to tell the two apart. The
-    # same for executemany, whose cursor does not report the rowid (sqlite3 keeps the
-    # previous value): the connection's last rowid after it is the thread's new one.
+    # it was (possibly another thread's insert): note it, to tell the two apart. Any
+    # other INSERT or REPLACE that changed rows inserted them. executemany's cursor does
+    # not report the rowid (sqlite3 keeps the previous value): the connection's last
+    # rowid after it is the thread's new one.
     insert = is_insert(sql)
-    before = None
-    if insert and (many or "conflict" in sql.lower()):
-        before = _last_insert_rowid(conn)
+    upsert = insert and "conflict" in sql.lower()
+    before = _last_insert_rowid(conn) if upsert else None
     cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
     try:
         description = cur.description
@@ -205,7 +205,7 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         lastrowid = None
         if insert and rowcount > 0:
             after = _last_insert_rowid(conn) if many else cur.lastrowid
-            if after != before:
+            if not upsert or after != before:
                 lastrowid = after
         return Outcome(rows, description, rowcount, lastrowid)
     finally:

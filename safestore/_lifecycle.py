@@ -49,7 +49,9 @@ def _close_all_at_exit() -> None:
     Runs after non-daemon threads have been joined and before modules are torn down,
     so the writer threads (daemons) are still alive to drain their queues.
     """
+    handled: set[int] = set()  # engines already waited for (or given up on) below
     for store in list(live):  # emptied in a forked child by _after_fork_in_child
+        handled.add(id(store._engine))
         # Queue mode waits for the writer to commit everything queued, as long as it
         # makes progress (QueueEngine.close). Lock mode has nothing queued: it only
         # waits for the thread holding the lock, which may be a daemon thread inside a
@@ -67,6 +69,8 @@ def _close_all_at_exit() -> None:
         engines = list(_draining)
         _draining.clear()
     for engine in engines:
+        if id(engine) in handled:
+            continue
         try:
             engine.close(None)  # from this thread it waits, as Store.close() does
         except TimeoutError:

@@ -25,27 +25,6 @@ from .errors import StoreClosedError, TimeoutError
 log = logging.getLogger("safestore")
 
 
-def release_leaked(lock: Any, backend: Backend, conn: Any) -> None:
-    """Give the store's lock back if the calling thread still holds it from an earlier
-    call, and roll back the transaction that call left open.
-
-    No write or transaction of a store runs inside another call of the same thread
-    (Store refuses them before they take the lock; only AsyncStore's reads take the
-    lock before calling the store), so a thread that holds the lock as a write starts
-    was interrupted (KeyboardInterrupt) between taking it and the `try` that releases
-    it, or on its way out. Python cannot close those windows, which are a few bytecodes
-    wide; this mends them on the thread's next call (other threads meanwhile wait, at
-    most their timeout, and the exit hook's close() takes the lock reentrantly).
-    """
-    if not lock._is_owned():
-        return
-    log.warning("the store's lock was still held by this thread (interrupted?); releasing it")
-    if backend.in_transaction(conn):
-        backend.rollback(conn)
-    while lock._is_owned():
-        lock.release()
-
-
 class LockEngine:
     """Runs every call on the caller's thread under one lock; same interface as QueueEngine."""
 
@@ -67,7 +46,6 @@ class LockEngine:
 
     def acquire(self, deadline: float) -> None:
         """Take the lock by `deadline` or raise TimeoutError; raise if closed."""
-        release_leaked(self.lock, self.backend, self.conn)
         if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise TimeoutError(
                 f"the store's lock stayed held by another thread for {self.timeout:.1f}s"
@@ -120,8 +98,11 @@ class LockEngine:
             session.idle_timeout = float("inf")
             session.granted.set()  # from here on, end_session releases the lock
         except BaseException:
-            self.backend.rollback(self.conn)
-            self.lock.release()
+            # Once granted (a KeyboardInterrupt inside Event.set, just after), the
+            # transaction's owner ends the session, which rolls back and releases.
+            if not session.granted.is_set():
+                self.backend.rollback(self.conn)
+                self.lock.release()
             raise
 
     def end_session(self, session: TxSession) -> None:

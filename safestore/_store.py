@@ -529,4 +529,7 @@ def _finalize_unclosed(engine: QueueEngine | LockEngine, readers: Readers, name:
     """
     warnings.warn(f"{name} was never closed; closing it now", ResourceWarning, stacklevel=2)
     readers.close()
-    engine.close(None)
+    try:
+        engine.close(None)
+    except TimeoutError:  # a stuck writer: the exit hook waits for it (see close_at_exit)
+        log.warning("%s: its writer is stuck; it is waited for at exit", name)

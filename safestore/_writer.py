@@ -115,6 +115,9 @@ class _State:
         #: close() reads it to tell a writer that is moving from one that is stuck. A
         #: plain int; only its changing matters.
         self.steps = 0
+        #: The transaction block the writer has lent its connection to, if any: its
+        #: statements are progress too (see QueueEngine._progress).
+        self.serving: TxSession | None = None
         #: Set by the writer thread as it leaves (after its last engine call). close()
         #: waits for this, not for the thread: on 3.11 a `Thread.join()` interrupted by
         #: KeyboardInterrupt can mark a thread that is still running as stopped.
@@ -416,13 +419,16 @@ class QueueEngine:
         state = self.state
         interrupted = False
         while True:
-            steps = state.steps
+            progress = self._progress()
             if state.exited.wait(self.timeout):
                 return
-            if state.steps != steps:
+            if self._progress() != progress:
                 interrupted = False
                 continue
             if interrupted:
+                # Registered for the exit hook: whoever called close() (a finalizer
+                # that swallows this error, say), exit still waits for this writer.
+                _lifecycle.close_at_exit(self)
                 raise TimeoutError(
                     f"the writer has been in one step for more than {2 * self.timeout:.1f}s, "
                     "even after an interrupt (a run() function that does not return?); it "
@@ -436,6 +442,13 @@ class QueueEngine:
             self.backend.interrupt(self.conn)
             interrupted = True
 
+    def _progress(self) -> tuple[int, float]:
+        """What changes while the writer moves: the steps it has finished, and the time
+        of the last statement of the transaction block it serves (a block that keeps
+        running statements is moving, however long it lasts)."""
+        session = self.state.serving
+        return self.state.steps, (session.last_used if session is not None else 0.0)
+
     def abandon_at_exit(self, store: object) -> None:
         """The interpreter is exiting and close() gave up on a stuck writer.
 
@@ -446,11 +459,12 @@ class QueueEngine:
         """
         stuck = "at exit, the writer of %r is stuck in one step even after an interrupt"
         if self.backend.may_exit_mid_call:
+            counters = self.state.counters
             log.error(
-                stuck + " (a run() function that does not return?); %d accepted write(s) "
-                "queued behind it are not committed",
+                stuck + " (a run() function that does not return?); %d accepted write(s), "
+                "the stuck one included, are not committed",
                 store,
-                self.queue_depth(),
+                counters.accepted - counters.committed - counters.failed,
             )
             return
         while not self.state.exited.is_set():
@@ -625,6 +639,7 @@ def _serve_session(
                 return
             session.conn = conn
             session.last_used = time.monotonic()
+            state.serving = session
             session.granted.set()
         while True:
             left = session.last_used + session.idle_timeout - time.monotonic()
@@ -652,6 +667,7 @@ def _serve_session(
                     break
         with session.lock:
             session.conn = None
+            state.serving = None
             if backend.in_transaction(conn):  # owner left without commit or rollback
                 backend.rollback(conn)
     session.future.set_result(None)

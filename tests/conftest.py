@@ -207,9 +207,6 @@ class SignallingLock:
     def release(self) -> None:
         self.lock.release()
 
-    def _is_owned(self) -> bool:  # an RLock's, which lock mode checks on every call
-        return bool(self.lock._is_owned())
-
 
 class Gate:
     """Freeze the writer on demand: `store.run(gate.hold, wait=False)` blocks the

@@ -212,6 +212,26 @@ def test_lastrowid_after_an_upsert_that_updated(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_lastrowid_after_executemany_when_another_thread_inserted_the_same_rowid(
+    tmp_path: Path,
+) -> None:
+    """executemany's last row is the thread's lastrowid even when another thread's last
+    insert, into another table, had the very same rowid (found by review)."""
+    conn = dbapi.connect(db_path(tmp_path, "sqlite"), timeout=WAIT)
+    conn.executescript("CREATE TABLE a (x INTEGER); CREATE TABLE b (x INTEGER);")
+
+    def other() -> None:
+        conn.execute("INSERT INTO a VALUES (1)")  # rowid 1 in a
+        conn.commit()
+
+    Worker(other).join()
+    cur = conn.cursor()
+    cur.executemany("INSERT INTO b VALUES (?)", [(1,)])  # rowid 1 in b
+    conn.commit()
+    assert cur.execute("SELECT 1").lastrowid == 1
+    conn.close()
+
+
 def test_lastrowid_is_per_thread(conn: dbapi.Connection, backend: str) -> None:
     """Each thread's cursor.lastrowid is its own last insert (SQLite)."""
     if backend != "sqlite":
