@@ -406,15 +406,15 @@ class QueueEngine:
         self.backend.close(self.conn)
 
     def _join_while_moving(self) -> None:
-        """Wait for the writer to finish, for as long as it finishes steps.
+        """Wait for the writer to finish, for as long as it moves (see `_progress`).
 
         A queue of any length is committed: each group (or transaction block) finished
-        restarts the wait. A step that has held the connection for the store's whole
-        timeout (a statement that never ends, a wait for another process's lock) is
-        interrupted: that write fails with the engine's error, and the writer goes on
-        with the rest. If no step finishes within another timeout, the writer is stuck
-        outside the engine (a run() function that never returns): raise TimeoutError,
-        and leave it running in the background.
+        restarts the wait, and so does each statement of a block being served. A step
+        that has held the connection for the store's whole timeout without moving (a
+        statement that never ends) is interrupted: that write fails with the engine's
+        error, and the writer goes on with the rest. If the writer still does not move
+        within another timeout, it is stuck outside the engine (a run() function that
+        never returns): raise TimeoutError, and leave it running in the background.
         """
         state = self.state
         interrupted = False
