@@ -168,8 +168,11 @@ def safe_class_for(engine_cls: type[BaseException]) -> type[Exception]:
     return Error
 
 
-def dual_class(engine_cls: type[BaseException]) -> type[BaseException]:
-    """Return a class deriving from both `engine_cls` and its safestore counterpart."""
+def dual_class(
+    engine_cls: type[BaseException], safe_cls: type[Exception] | None = None
+) -> type[BaseException]:
+    """Return a class deriving from both `engine_cls` and its safestore counterpart
+    (`safe_cls` if given, else the one `safe_class_for` finds)."""
     try:
         return _dual_cache[engine_cls]
     except KeyError:
@@ -178,7 +181,8 @@ def dual_class(engine_cls: type[BaseException]) -> type[BaseException]:
         cached = _dual_cache.get(engine_cls)
         if cached is not None:
             return cached
-        safe_cls = safe_class_for(engine_cls)
+        if safe_cls is None:
+            safe_cls = safe_class_for(engine_cls)
         # Keep the engine's module and name so tracebacks read exactly as the
         # engine's own ("sqlite3.IntegrityError: UNIQUE constraint failed ...").
         dual = type(
@@ -203,15 +207,10 @@ def translate(exc: BaseException) -> BaseException:
     return _as(dual_class(type(exc)), exc)
 
 
-# sqlite3 reports a parameter value it cannot bind with builtin classes: OverflowError
-# for an int beyond 64 bits, UnicodeEncodeError for a str holding a lone surrogate.
-# Each gets a class that is also a safestore.DataError (see `bind_error`).
-_BIND_ERRORS: dict[type[BaseException], type[BaseException]] = {
-    cls: type(cls.__name__, (cls, DataError), {"__qualname__": cls.__qualname__})
-    for cls in (OverflowError, UnicodeEncodeError)
-}
-for _dual in _BIND_ERRORS.values():
-    _dual.__module__ = "builtins"  # tracebacks read as sqlite3's own
+#: The builtin classes sqlite3 reports a parameter value it cannot bind with:
+#: OverflowError for an int beyond 64 bits, UnicodeEncodeError for a str holding a lone
+#: surrogate. `bind_error` makes them safestore.DataError too.
+BIND_ERRORS = (OverflowError, UnicodeEncodeError)
 
 
 def bind_error(exc: BaseException) -> BaseException:
@@ -221,8 +220,9 @@ def bind_error(exc: BaseException) -> BaseException:
     Only for errors raised while safestore itself runs a statement: the same classes
     raised by a user's run() function are the user's, and stay as they are.
     """
-    dual = _BIND_ERRORS.get(type(exc))
-    return exc if dual is None else _as(dual, exc)
+    if type(exc) not in BIND_ERRORS:
+        return exc
+    return _as(dual_class(type(exc), DataError), exc)
 
 
 def _as(dual: type[BaseException], exc: BaseException) -> BaseException:

@@ -502,7 +502,7 @@ def test_store_freed_on_its_writer_thread_loses_nothing_at_exit(
 
 
 CTRL_C_IN_CLOSE = """
-    import os, signal, sys, threading
+    import os, signal, sys, threading, time
     import safestore
     store = safestore.Store(sys.argv[1], backend=sys.argv[2], setup="CREATE TABLE t (v INTEGER)")
     gate, interrupted = threading.Event(), threading.Event()
@@ -511,7 +511,9 @@ CTRL_C_IN_CLOSE = """
         store.insert("t", {"v": i}, wait=False)
 
     def press_ctrl_c():
+        deadline = time.monotonic() + 30
         while not store.closed:  # close() has started, and waits for the writer
+            assert time.monotonic() < deadline, "close() never started"
             interrupted.wait(0.001)
         os.kill(os.getpid(), signal.SIGINT)
         assert interrupted.wait(30)

@@ -27,7 +27,14 @@ from typing import Any
 
 from .._dbapi_sql import has_returning, is_insert
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
-from ..errors import ProgrammingError, StoreError, TimeoutError, bind_error, translate
+from ..errors import (
+    BIND_ERRORS,
+    ProgrammingError,
+    StoreError,
+    TimeoutError,
+    bind_error,
+    translate,
+)
 from . import Config, Outcome
 from ._sqlite_guard import (
     _call_run,
@@ -480,7 +487,7 @@ class SQLiteBackend:
             return _call_run(conn, request)  # fn cannot end the transaction (_sqlite_guard)
         try:
             return self._apply_statement(conn, request)
-        except (OverflowError, UnicodeEncodeError) as exc:  # a value sqlite3 cannot bind
+        except BIND_ERRORS as exc:  # a value sqlite3 cannot bind
             raise bind_error(exc) from None
 
     def _apply_statement(self, conn: Any, request: Request) -> Any:
@@ -540,7 +547,7 @@ class SQLiteBackend:
         # The authorizer, the SQLITE_SCHEMA retry and ReadOnlyError: see _sqlite_guard.py.
         try:
             return _guarded_read(conn, sql, params, shared=shared)
-        except (OverflowError, UnicodeEncodeError) as exc:  # a value sqlite3 cannot bind
+        except BIND_ERRORS as exc:  # a value sqlite3 cannot bind
             raise bind_error(exc) from None
 
 
