@@ -122,15 +122,7 @@ class Store:
         self._tx_local = threading.local()
         in_memory = name == "sqlite" and path == ":memory:"
         self._engine_backend: Backend = open_backend(
-            name,
-            Config(
-                path,
-                durability,
-                self._timeout,
-                read_only,
-                in_memory,
-                shared_writer=in_memory or mode == "lock",
-            ),
+            name, Config(path, durability, self._timeout, read_only, in_memory)
         )
         backend_obj = self._engine_backend
         try:

@@ -33,9 +33,6 @@ class Config:
     #: True when readers must share the writer connection (an in-memory SQLite database
     #: cannot be opened twice); the owner then serialises every use with one lock.
     in_memory: bool
-    #: True when several threads use the writer connection in turn (lock mode, or an
-    #: in-memory SQLite database); always under one lock.
-    shared_writer: bool = False
 
 
 class Backend(Protocol):

@@ -117,7 +117,6 @@ class SQLiteBackend:
         self,
         *,
         read_only: bool,
-        cached_statements: int = 128,
         factory: type[sqlite3.Connection] = sqlite3.Connection,
     ) -> sqlite3.Connection:
         cfg = self.config
@@ -135,7 +134,6 @@ class SQLiteBackend:
             # Connections are handed between threads (writer to transaction owner, any
             # thread to close()); every use is serialised by safestore's own locks.
             check_same_thread=False,
-            cached_statements=cached_statements,
             uri=uri,
             factory=factory,
         )
@@ -143,14 +141,14 @@ class SQLiteBackend:
 
     def connect_writer(self) -> sqlite3.Connection:
         cfg = self.config
-        # Lock mode and in-memory stores share this connection between threads, so its
-        # statement cache is off (CPython gh-118172: cached statements shared between
-        # threads' cursors returned wrong rows).
-        conn = self._connect(
-            read_only=cfg.read_only,
-            cached_statements=0 if cfg.shared_writer else 128,
-            factory=_WriterConnection,
-        )
+        # Lock mode and in-memory stores share this connection between threads, and so
+        # its statement cache. CPython gh-118172 (wrong rows, crashes) needs threads
+        # running statements of one connection at the same time; here every use is
+        # under the store's lock, and a statement left half-read (a cursor a run()
+        # function kept) stays busy, so sqlite3 prepares a fresh one for the next
+        # user. The cache stays on: without it lock mode prepared every statement
+        # anew, 2.6x slower for a 100,000-row insert.
+        conn = self._connect(read_only=cfg.read_only, factory=_WriterConnection)
         try:
             if not cfg.read_only:
                 self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
