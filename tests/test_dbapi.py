@@ -152,6 +152,23 @@ def test_execute_fetch_and_description(conn: dbapi.Connection) -> None:
         assert cur.fetchmany(size) == [("d",), ("e",)]
 
 
+def test_table_valued_functions_read_outside_a_transaction(
+    conn: dbapi.Connection, backend: str
+) -> None:
+    """Reads of table-valued functions work as in sqlite3, in and out of a transaction."""
+    sql = (
+        "SELECT value FROM json_each('[1, 2]')"
+        if backend == "sqlite"
+        else "SELECT * FROM unnest([1, 2])"
+    )
+    info = "SELECT name FROM pragma_table_info('t') ORDER BY name"
+    assert conn.execute(sql).fetchall() == [(1,), (2,)]
+    assert conn.execute(info).fetchall() == [("id",), ("n",), ("v",)]
+    conn.execute("INSERT INTO t (v) VALUES ('a')")  # opens a transaction (sqlite3's rule)
+    assert conn.execute(sql).fetchall() == [(1,), (2,)]
+    conn.commit()
+
+
 def test_rowcount_and_lastrowid(conn: dbapi.Connection, backend: str) -> None:
     """rowcount counts changed rows; lastrowid is the inserted rowid (SQLite), None on DuckDB."""
     cur = conn.execute("INSERT INTO t (v, n) VALUES ('a', 1)")

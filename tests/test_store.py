@@ -190,6 +190,41 @@ def test_query_refuses_writes(store: safestore.Store, sql: str) -> None:
     assert store.query("SELECT count(*) FROM t") == [(1,)]
 
 
+def test_query_reads_table_valued_functions_and_virtual_tables(
+    make_store: Callable[..., safestore.Store], backend: str
+) -> None:
+    """Table-valued functions (json_each, pragma_table_info) and virtual tables (FTS5)
+    are reads: SQLite's preparation of them asks the authorizer for an internal
+    UPDATE of sqlite_master, which must not be taken for a write."""
+    if backend == "sqlite":
+        setup = (
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);"
+            "CREATE VIRTUAL TABLE docs USING fts5(body);"
+            "INSERT INTO docs VALUES ('hello world'), ('goodbye');"
+        )
+        reads = {
+            "SELECT value FROM json_each('[1, 2, 3]')": [(1,), (2,), (3,)],
+            "SELECT body FROM docs WHERE docs MATCH 'hello'": [("hello world",)],
+        }
+    else:
+        setup = "CREATE TABLE t (id INTEGER, v TEXT)"
+        reads = {"SELECT * FROM unnest([1, 2, 3])": [(1,), (2,), (3,)]}
+    reads["SELECT name FROM pragma_table_info('t') ORDER BY name"] = [("id",), ("v",)]
+    store = make_store(setup=setup)
+    for _ in range(2):  # a fresh connection, then one that has run them before
+        for sql, rows in reads.items():
+            assert store.query(sql) == rows, sql
+    if backend == "sqlite":  # the schema table itself stays out of reach
+        schema = store.query("SELECT sql FROM sqlite_master ORDER BY name")
+        # Even where the writer connection, which lock mode's reads share, was
+        # allowed to change it: query_only refuses the write.
+        store.run(lambda conn: conn.execute("PRAGMA writable_schema = ON"))
+        with pytest.raises(safestore.Error):
+            store.query("UPDATE sqlite_master SET sql = 'x' WHERE name = 't'")
+        assert store.query("SELECT sql FROM sqlite_master ORDER BY name") == schema
+        assert store.query("SELECT count(*) FROM t") == [(0,)]
+
+
 def test_query_refuses_sqlite_pragmas_and_vacuum(
     make_store: Callable[..., safestore.Store],
 ) -> None:

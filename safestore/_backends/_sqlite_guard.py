@@ -70,12 +70,20 @@ _INFO_PRAGMAS = {
 }
 # Pragmas that have side effects even without an argument.
 _ACTIVE_PRAGMAS = {"optimize", "wal_checkpoint", "incremental_vacuum", "shrink_memory"}
+# Preparing a read of a virtual table or a table-valued function (json_each, FTS5,
+# pragma_table_info) has SQLite ask for UPDATE of the schema table's columns (the
+# module declares its table as if it were created). Nothing is written by that, and a
+# statement of the user's cannot change the schema table (SQLite refuses it unless
+# `writable_schema`, a pragma with an argument, which is denied), so it is allowed.
+_SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
 
 
 def _read_authorizer(
     action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None
 ) -> int:
     if action in _READ_ACTIONS:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_UPDATE and arg1 is not None and arg1.lower() in _SCHEMA_TABLES:
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
         name = arg1.lower()
