@@ -90,7 +90,7 @@ def close_at_exit(engine: Any) -> None:
         _draining[:] = [e for e in _draining if e not in done]
         _draining.append(engine)
     for e in done:
-        e.backend.close(e.conn)
+        e.close_connection()
 
 
 def _after_fork_in_child() -> None:

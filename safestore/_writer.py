@@ -239,6 +239,14 @@ class QueueEngine:
         # In-memory SQLite: readers share the writer connection under `conn_lock`, which
         # a borrowing caller would have to wait for without a deadline. Never lend then.
         self._can_lend = conn_lock is None
+        #: Held while the connection is closed, and `_conn_closed` (read and written
+        #: under it) says it is done. Two threads can close one store at once (a
+        #: close() an AsyncStore task gave up on goes on in its thread while the exit
+        #: hook closes the store too); the second must neither close the connection
+        #: again nor return while the first is still inside the engine closing it
+        #: (on DuckDB, interpreter teardown with a thread in there aborts the process).
+        self._closing = threading.Lock()
+        self._conn_closed = False
         self.thread = threading.Thread(
             target=_writer_main,
             args=(self.state, backend, conn, conn_lock),
@@ -403,7 +411,14 @@ class QueueEngine:
                 f"the writer was still committing queued writes after {timeout:.1f}s; "
                 "it goes on in the background"
             )
-        self.backend.close(self.conn)
+        self.close_connection()
+
+    def close_connection(self) -> None:
+        """Close the writer's connection, once; its writer must have exited."""
+        with self._closing:
+            if not self._conn_closed:
+                self._conn_closed = True
+                self.backend.close(self.conn)
 
     def _join_while_moving(self) -> None:
         """Wait for the writer to finish, for as long as it moves (see `_progress`).
@@ -470,7 +485,7 @@ class QueueEngine:
         while not self.state.exited.is_set():
             log.warning(stuck + "; waiting for it, as exiting now could abort the process", store)
             self.state.exited.wait(max(self.timeout, 10.0))
-        self.backend.close(self.conn)
+        self.close_connection()
 
     @property
     def counters(self) -> Counters:

@@ -207,6 +207,12 @@ class SignallingLock:
     def release(self) -> None:
         self.lock.release()
 
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
 
 class Gate:
     """Freeze the writer on demand: `store.run(gate.hold, wait=False)` blocks the

@@ -774,3 +774,72 @@ def test_fork_inside_a_transaction_commits_nothing_from_the_child(store: safesto
     assert store.query("SELECT v FROM t") == []
     store.insert("t", {"v": "parent again"})
     assert store.query("SELECT v FROM t") == [("parent again",)]
+
+
+def test_two_threads_closing_at_once_close_the_connection_once(store: safestore.Store) -> None:
+    """Two close() calls at once (an AsyncStore close that its task gave up on goes on
+    in its own thread while the exit hook closes the store): the connection is closed
+    once, and the second call does not return while the first is still closing it (a
+    DuckDB connection closed twice at once, or still closing as the interpreter tears
+    down, aborts the process)."""
+    store.insert("t", {"v": "a"})
+    engine = store._engine
+    backend = engine.backend
+    real_close = backend.close
+    inside, release = threading.Event(), threading.Event()
+    closes: list[int] = []
+
+    def slow_close(conn: Any) -> None:
+        if conn is engine.conn:
+            closes.append(threading.get_ident())
+            inside.set()
+            assert release.wait(WAIT)
+        real_close(conn)
+
+    backend.close = slow_close  # type: ignore[method-assign]
+    first = Worker(store.close)
+    assert inside.wait(WAIT)
+    # From here the first close() is inside the engine's close; watch the second wait.
+    if isinstance(engine, LockEngine):
+        engine.lock = waited_on = SignallingLock(engine.lock)  # type: ignore[assignment]
+    else:
+        engine._closing = waited_on = SignallingLock(engine._closing)  # type: ignore[assignment]
+    second = Worker(store.close)
+    assert waited_on.acquiring.wait(WAIT)
+    assert not second.done.is_set()
+    release.set()
+    first.join()
+    second.join()
+    assert len(closes) == 1
+    assert store.closed
+    with safestore.Store(store.path, backend=store.backend) as again:
+        assert count(again) == 1
+
+
+def test_exit_while_a_cancelled_async_close_goes_on(tmp_path: Path, backend: str) -> None:
+    """A program whose AsyncStore.close() was cut short (asyncio.wait_for) exits while
+    that close goes on in its thread: the exit hook closes the store too, and must wait
+    for it rather than close the connection alongside it (DuckDB aborted the process).
+    """
+    path = db_path(tmp_path, backend)
+    done = run_script(
+        """
+        import asyncio, sys
+        from safestore import AsyncStore
+
+        async def main():
+            s = AsyncStore(sys.argv[1], setup="CREATE TABLE t (x INTEGER)")
+            for i in range(20000):
+                s.store.insert("t", {"x": i}, wait=False)
+            try:
+                await asyncio.wait_for(s.close(), 0.01)
+            except TimeoutError:
+                print("cut short", flush=True)
+
+        asyncio.run(main())
+        """,
+        path,
+    )
+    assert done.returncode == 0, done.stderr
+    with safestore.Store(path) as store:
+        assert store.query_one("SELECT count(*) FROM t") == (20000,)
