@@ -72,6 +72,9 @@ class LockEngine:
             if lost is not None:  # every later write fails the same way, at once
                 outcomes, error = [], lost
             settle(self.counters, live, outcomes, error)
+            if req.is_write and req.future.cancelled():
+                # Withdrawn before it ran: counted as failed, as queue mode counts it.
+                self.counters.failed += 1
             return req.future
         except BaseException:
             # A KeyboardInterrupt anywhere in the group (say, just after BEGIN) must not

@@ -396,6 +396,8 @@ class AsyncStore:
         is not interrupted if the awaiting task is cancelled.
         """
         self._refuse_in_block("close()")
+        if timeout is not None:  # before anything starts closing
+            timeout = check_timeout(timeout, "timeout")
         with self._close_lock:
             failed = (
                 self._closing is not None

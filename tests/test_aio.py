@@ -7,13 +7,14 @@ import asyncio
 import gc
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Gate, db_path
+from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, db_path
 
 import safestore
 from safestore import AsyncStore
@@ -201,6 +202,24 @@ def test_close_is_idempotent_and_final(make_astore: Make) -> None:
         assert again.query("SELECT v FROM t") == [("a",)]
 
 
+@pytest.mark.parametrize("bad", [-1, float("nan"), "5"])
+def test_close_with_a_bad_timeout_changes_nothing(make_astore: Make, bad: Any) -> None:
+    """close(timeout=<not a duration>) is refused before anything starts closing, as
+    Store.close() refuses it: the store stays open and usable."""
+    astore = make_astore()
+
+    async def main() -> None:
+        with pytest.raises((ValueError, TypeError)):
+            await astore.close(timeout=bad)
+        assert not astore.closed and not astore.store.closed
+        await astore.insert("t", {"v": "after", "n": 1})
+        assert await astore.query("SELECT v FROM t") == [("after",)]
+        await astore.close()
+        assert astore.closed and astore.store.closed
+
+    run(main())
+
+
 def test_open_classmethod(tmp_path: Path, backend: str, mode: str) -> None:
     """AsyncStore.open() opens on a helper thread and gives a working store."""
 
@@ -323,6 +342,50 @@ def test_cancelled_waiting_write_is_withdrawn(make_astore: Make) -> None:
         assert await astore.query("SELECT v FROM t") == [("kept",)]
         await astore.insert("t", {"v": "after", "n": 1})
         assert await count(astore) == 2
+        # The withdrawn write is a failed one in the counters, on every mode (lock
+        # mode's helper thread may still be on its way through the lock: wait for it).
+        deadline = time.monotonic() + WAIT
+        while True:
+            st = await astore.stats()
+            if st.writes_accepted == st.writes_committed + st.writes_failed:
+                break
+            assert time.monotonic() < deadline, f"counters never add up: {st}"
+            await asyncio.sleep(0.001)
+
+    run(main())
+
+
+def test_write_withdrawn_while_waiting_for_the_lock_counts_as_failed(
+    make_astore: Make, mode: str
+) -> None:
+    """Lock mode: a write whose task is cancelled while its helper thread waits for the
+    store's lock is skipped once the lock comes, and counted as failed (queue mode
+    counts a withdrawn queued write so): accepted = committed + failed."""
+    if mode != "lock":
+        pytest.skip("queue mode: test_cancelled_waiting_write_is_withdrawn")
+    astore = make_astore()
+    engine = astore.store._engine
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            engine.lock = waited_on = SignallingLock(engine.lock)  # type: ignore[union-attr]
+            task = asyncio.create_task(astore.insert("t", {"v": "withdrawn", "n": 1}))
+            assert await asyncio.to_thread(waited_on.acquiring.wait, WAIT)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            blocker.release()
+        # The helper thread takes the lock some time after the blocker lets go of it.
+        deadline = time.monotonic() + WAIT
+        while (st := await astore.stats()).writes_accepted < 2:
+            assert time.monotonic() < deadline, "the withdrawn write never got the lock"
+            await asyncio.sleep(0.001)
+        await astore.flush()  # and it has let go of the lock again
+        st = await astore.stats()
+        assert (st.writes_accepted, st.writes_committed, st.writes_failed) == (2, 1, 1)
+        assert await count(astore) == 0
 
     run(main())
 
