@@ -15,6 +15,8 @@ or forgets it. `ThreadTx` covers all of those endings:
   call or when it dies.
 - The owner dies: a token object lives only in the owner's `threading.local`; CPython
   destroys it when the thread ends, in that thread, and its finalizer rolls back.
+- The program drops the connection without commit() or close() (an exception skipped
+  them): the `threading.local` dies with the connection, and the token with it.
 - The owner idles past `timeout` (queue mode): the writer rolls back on its own; the
   owner learns it at its next call.
 """
@@ -72,7 +74,12 @@ class ThreadTx:
         self.ended = False
         self.doomed: str | None = None  # lock mode: why the owner must roll back at once
         self._end_lock = threading.Lock()
-        self._on_end = on_end
+        # Weak: the finalizer that watches the owner thread holds this object, and a
+        # strong reference to the connection (whose method `on_end` is) would keep a
+        # connection the program dropped alive with its transaction open. Once the
+        # connection is freed, its thread-local token dies and the finalizer rolls
+        # back, as sqlite3 does when it frees a connection.
+        self._on_end = weakref.WeakMethod(on_end)
         deadline = time.monotonic() + store._timeout
         try:
             store._engine.begin_session(self.session, deadline)
@@ -137,7 +144,9 @@ class ThreadTx:
             self.store._engine.end_session(self.session)
             if threading.get_ident() == self.owner:
                 self.store._tx_local.session = None
-            self._on_end(self)
+            on_end = self._on_end()
+            if on_end is not None:  # None: the connection was dropped and freed
+                on_end(self)
 
     def commit(self) -> None:
         """Commit (owner thread). Raises StoreError if the writer already rolled it back."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import threading
@@ -112,6 +113,36 @@ def test_dead_thread_transaction_is_rolled_back(
     assert time.monotonic() - started < WAIT / 3
     assert values(conn) == ["kept"]
     assert any("ended without commit" in r.getMessage() for r in caplog.records)
+
+
+def test_dropped_connection_rolls_back_its_transaction(
+    tmp_path: Path, backend: str, mode: str
+) -> None:
+    """The sqlite3 pattern where an exception skips commit() and close(): the dropped
+    connection is freed, its transaction rolled back and its store closed (with the
+    ResourceWarning of an unclosed store), so the next connection writes at once
+    instead of waiting for a transaction nobody can end."""
+    path = db_path(tmp_path, backend)
+    with safestore.Store(path, backend=backend, setup=SCHEMA):
+        pass
+
+    def save(v: str) -> None:
+        conn = dbapi.connect(path, backend=backend, mode=mode, timeout=WAIT)
+        conn.execute("INSERT INTO t (v) VALUES (?)", (v,))
+        if v == "bad":
+            raise ValueError(v)  # never reaches commit()
+        conn.commit()
+        conn.close()
+
+    with pytest.warns(ResourceWarning, match="never closed"):
+        with pytest.raises(ValueError):
+            save("bad")
+        gc.collect()
+    started = time.monotonic()
+    save("good")
+    assert time.monotonic() - started < WAIT / 3  # not a wait for the dropped one
+    with safestore.Store(path, backend=backend) as store:
+        assert store.query("SELECT v FROM t") == [("good",)]
 
 
 def test_idle_transaction_expires(tmp_path: Path, backend: str) -> None:
