@@ -60,10 +60,16 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
     ttx = conn._thread_tx()
     if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
         return _control(conn, kind, ttx), _rowid(conn)
-    if ttx is None and _implicit_begin(conn, kind):
+    opened = ttx is None and _implicit_begin(conn, kind)
+    if opened:
         ttx = conn._begin()
     if ttx is not None:
-        out = ttx.run(_runner(conn), sql, params, many, write=kind is not Kind.READ)
+        try:
+            out = ttx.run(_runner(conn), sql, params, many, write=kind is not Kind.READ)
+        except Exception:
+            if opened:
+                _end_if_it_does_not_prepare(conn, ttx, sql)
+            raise
     elif kind is Kind.READ and not many:
         read = _read(conn, sql, params)
         if read is not None:
@@ -78,6 +84,27 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
     if out.lastrowid is not None:
         conn._local.rowid = out.lastrowid
     return out, _rowid(conn)
+
+
+def _end_if_it_does_not_prepare(conn: Connection, ttx: ThreadTx, sql: str) -> None:
+    """End the transaction a failed statement opened if the statement does not even
+    prepare (a typo, a missing table or column, two statements in one).
+
+    sqlite3 prepares a statement before its implicit BEGIN, so such a statement opens
+    no transaction there; here the transaction is opened first, as it holds the writer
+    the statement runs on. EXPLAIN prepares the statement again without running it.
+    """
+    if ttx.ended:
+        return
+    try:
+        ttx.run(_prepare, sql, write=False)
+    except Exception:
+        conn._end(ttx, commit=False)
+
+
+def _prepare(engine_conn: Any, sql: str) -> Outcome:
+    engine_conn.execute(f"EXPLAIN {sql}").fetchall()
+    return Outcome([])
 
 
 def _count_changes(conn: Connection, kind: Kind, out: Outcome) -> None:

@@ -296,6 +296,37 @@ def test_commit_and_rollback(conn: dbapi.Connection) -> None:
     assert conn.execute("SELECT v FROM t").fetchall() == [("b",)]
 
 
+def test_a_statement_that_does_not_prepare_opens_no_transaction(
+    conn: dbapi.Connection, backend: str
+) -> None:
+    """sqlite3 prepares a statement before its implicit BEGIN: one that does not prepare
+    (a missing table or column, two statements) leaves no transaction open, so the
+    classic fallback of creating the missing table is not caught in one, and the
+    thread does not hold the writer. A statement that prepares and then fails keeps
+    the transaction its BEGIN opened, as in sqlite3."""
+    with pytest.raises(dbapi.DatabaseError):
+        conn.execute("INSERT INTO log (msg) VALUES ('hello')")
+    assert not conn.in_transaction
+    conn.execute("CREATE TABLE log (msg TEXT)")  # DDL: committed on its own
+    with pytest.raises(dbapi.DatabaseError):
+        conn.execute("INSERT INTO t (missing) VALUES (1)")
+    assert not conn.in_transaction
+    if backend == "sqlite":
+        with pytest.raises(dbapi.ProgrammingError, match="one statement"):
+            conn.execute("INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES ('b')")
+        assert not conn.in_transaction
+    # Another thread writes at once (it would wait for a transaction held here).
+    in_thread(lambda: (conn.execute("INSERT INTO log VALUES ('other thread')"), conn.commit()))
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    conn.commit()
+    with pytest.raises(dbapi.IntegrityError):
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+    if backend == "sqlite":
+        assert conn.in_transaction
+    conn.rollback()
+    assert conn.execute("SELECT msg FROM log").fetchall() == [("other thread",)]
+
+
 def test_with_block_commits_or_rolls_back(conn: dbapi.Connection) -> None:
     """`with conn:` commits on success and rolls back on an exception, and does not close."""
     with conn:
