@@ -29,9 +29,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._dbapi_sql import Kind, classify, has_returning, split_duckdb_script, split_script
+from ._dbapi_sql import (
+    Kind,
+    check_control,
+    classify,
+    has_returning,
+    split_duckdb_script,
+    split_script,
+)
 from ._dbapi_tx import Outcome, ThreadTx, run_duckdb, run_sqlite
-from .errors import ReadOnlyError
+from .errors import ReadOnlyError, translate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,7 +66,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
     kind = classify(sql)
     ttx = conn._thread_tx()
     if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
-        return _control(conn, kind, ttx), _rowid(conn)
+        return _control(conn, kind, ttx, sql), _rowid(conn)
     opened = ttx is None and _implicit_begin(conn, kind)
     if opened:
         ttx = conn._begin()
@@ -132,8 +139,12 @@ def _implicit_begin(conn: Connection, kind: Kind) -> bool:
     return kind is Kind.DML and conn._isolation_level is not None
 
 
-def _control(conn: Connection, kind: Kind, ttx: ThreadTx | None) -> Outcome:
+def _control(conn: Connection, kind: Kind, ttx: ThreadTx | None, sql: str) -> Outcome:
     """BEGIN / COMMIT / ROLLBACK written as SQL: act on the calling thread's transaction."""
+    try:
+        check_control(sql, conn._is_sqlite)
+    except Exception as exc:
+        raise translate(exc) from None
     if kind is Kind.BEGIN:
         if ttx is not None:
             raise conn._misuse(
@@ -190,7 +201,7 @@ def executescript(conn: Connection, script: str) -> None:
         ttx = conn._thread_tx()
         out: Outcome | None = None
         if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
-            _control(conn, kind, ttx)
+            _control(conn, kind, ttx, statement)
         elif ttx is not None:
             out = ttx.run(_runner(conn), statement, (), False, write=True)
         elif kind is Kind.SAVEPOINT or saved is False:

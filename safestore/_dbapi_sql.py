@@ -11,10 +11,13 @@ shared writer connection. Everything here is pure text processing: thread-safe.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import sqlite3
 
-__all__ = ["Kind", "classify", "has_returning", "split_script"]
+from .errors import ProgrammingError
+
+__all__ = ["Kind", "check_control", "classify", "has_returning", "split_script"]
 
 
 class Kind(enum.Enum):
@@ -83,6 +86,34 @@ def classify(sql: str) -> Kind:
     if word in _READ_WORDS:
         return Kind.READ
     return Kind.OTHER
+
+
+@functools.lru_cache(maxsize=128)
+def check_control(sql: str, sqlite: bool) -> None:
+    """Raise the engine's own error unless `sql`, which `classify` took for BEGIN, COMMIT
+    or ROLLBACK by its first word, is exactly one valid statement.
+
+    The facade acts on the thread's transaction instead of sending such a statement to
+    the engine, so the engine is asked to parse it here, alone, on a throwaway
+    in-memory database: ``BEGIN GARBAGE`` is a syntax error and ``COMMIT; INSERT ...``
+    is refused whole, as sqlite3 does. Valid texts are remembered (they repeat).
+    """
+    if sqlite:
+        probe = sqlite3.connect(":memory:")
+        try:
+            probe.execute(f"EXPLAIN {sql}").fetchall()  # prepares; runs nothing
+        finally:
+            probe.close()
+        return
+    import duckdb
+
+    parser = duckdb.connect()
+    try:
+        statements = parser.extract_statements(sql)
+    finally:
+        parser.close()
+    if len(statements) != 1:
+        raise ProgrammingError("You can only execute one statement at a time.")
 
 
 def has_returning(sql: str) -> bool:

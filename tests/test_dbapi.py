@@ -374,6 +374,29 @@ def test_explicit_transaction_sql(conn: dbapi.Connection, backend: str) -> None:
     assert conn.execute("SELECT v FROM t").fetchall() == [("b",)]
 
 
+def test_transaction_control_sql_is_checked_whole(conn: dbapi.Connection, backend: str) -> None:
+    """Transaction control written as SQL is parsed by the engine, not judged by its
+    first word: trailing garbage is a syntax error and a second statement refuses the
+    whole text, so nothing of it happens (sqlite3 behaves the same)."""
+    conn.isolation_level = None
+    for bad in ("BEGIN GARBAGE", "BEGIN; INSERT INTO t (v) VALUES ('a')"):
+        with pytest.raises(dbapi.DatabaseError):
+            conn.execute(bad)
+        assert not conn.in_transaction
+    if backend == "sqlite":  # SQLite has no START TRANSACTION
+        with pytest.raises(sqlite3.OperationalError, match="syntax error"):
+            conn.execute("START TRANSACTION")
+        with pytest.raises(sqlite3.OperationalError, match="syntax error"):
+            conn.executescript("BEGIN GARBAGE;")
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM t")
+    with pytest.raises(dbapi.ProgrammingError, match="one statement"):
+        conn.execute("COMMIT; INSERT INTO t (v) VALUES ('b')")
+    assert conn.in_transaction  # the COMMIT did not happen either
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT v FROM t").fetchall() == []
+
+
 def test_autocommit_attribute(connect: Callable[..., dbapi.Connection]) -> None:
     """Python 3.12 `autocommit`: True commits each statement, False keeps a transaction."""
     conn = connect(setup=SCHEMA, autocommit=True)
