@@ -140,7 +140,7 @@ class Connection:
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
         _check_isolation_level(value)
-        if value is None and self._autocommit == LEGACY_TRANSACTION_CONTROL:
+        if value is None:  # commit() does what the autocommit mode says (3.12+ sqlite3)
             self.commit()
         self._isolation_level = value
 

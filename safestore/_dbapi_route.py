@@ -145,6 +145,14 @@ def _control(conn: Connection, kind: Kind, ttx: ThreadTx | None, sql: str) -> Ou
         check_control(sql, conn._is_sqlite)
     except Exception as exc:
         raise translate(exc) from None
+    if ttx is None and conn._autocommit is False:
+        # sqlite3 keeps a transaction open at all times then (this thread's opens at its
+        # first write): COMMIT and ROLLBACK have nothing to end, BEGIN is one too many.
+        if kind is Kind.BEGIN:
+            raise conn._misuse(
+                "OperationalError", "cannot start a transaction within a transaction"
+            )
+        return Outcome([])
     if kind is Kind.BEGIN:
         if ttx is not None:
             raise conn._misuse(

@@ -420,6 +420,29 @@ def test_autocommit_attribute(connect: Callable[..., dbapi.Connection]) -> None:
         conn.autocommit = 5
 
 
+def test_autocommit_false_transaction_sql_and_isolation_level(
+    connect: Callable[..., dbapi.Connection], backend: str
+) -> None:
+    """autocommit=False as in sqlite3 3.12: a transaction is always open, so SQL COMMIT
+    and ROLLBACK succeed before the first write and BEGIN is refused; setting
+    isolation_level to None commits (sqlite3 calls commit())."""
+    expected: type[Exception] = (
+        sqlite3.OperationalError if backend == "sqlite" else dbapi.OperationalError
+    )
+    conn = connect(setup=SCHEMA, autocommit=False)
+    conn.execute("SELECT count(*) FROM t").fetchall()
+    conn.execute("COMMIT")
+    conn.execute("ROLLBACK")
+    with pytest.raises(expected, match="within a transaction"):
+        conn.execute("BEGIN")
+    conn.execute("INSERT INTO t (v) VALUES ('a')")
+    conn.isolation_level = None
+    assert conn.autocommit is False and conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('b')")
+    conn.rollback()
+    assert in_thread(lambda: conn.execute("SELECT v FROM t").fetchall()) == [("a",)]
+
+
 def test_executescript(conn: dbapi.Connection) -> None:
     """executescript commits pending work first, then runs every statement."""
     conn.execute("INSERT INTO t (v) VALUES ('a')")
