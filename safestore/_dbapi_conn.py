@@ -358,10 +358,15 @@ class Connection:
     # --- sqlite3 extras ---------------------------------------------------------------
 
     def iterdump(self) -> Iterator[str]:
-        """SQL text that recreates the database (SQLite only), from committed state."""
+        """SQL text that recreates the database (SQLite only), as the calling thread
+        sees it: the committed state, plus its own open transaction's changes."""
         self._check_open()
         if not self._is_sqlite:
             raise NotSupportedError("iterdump() is for SQLite; DuckDB has EXPORT DATABASE")
+        ttx = self._thread_tx()
+        if ttx is not None:  # the store's writer waits for this transaction: dump in it
+            dumped = ttx.run(lambda conn: Outcome(list(conn.iterdump())), write=False)
+            return iter(dumped.rows)
         lines: list[str] = self._store.run(lambda conn: list(conn.iterdump()))
         return iter(lines)
 

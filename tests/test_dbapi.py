@@ -537,6 +537,22 @@ def test_connect_to_a_store(connect: Callable[..., dbapi.Connection], make_store
         dbapi.connect(store, timeout=1)
 
 
+def test_iterdump_sees_what_the_thread_sees(conn: dbapi.Connection, backend: str) -> None:
+    """iterdump() dumps the committed state, or inside the calling thread's open
+    transaction, that state with the transaction's own changes (as sqlite3 does)."""
+    if backend != "sqlite":
+        pytest.skip("iterdump() is SQLite's")
+    conn.execute("INSERT INTO t (v) VALUES ('committed')")
+    conn.commit()
+    assert any("'committed'" in line for line in conn.iterdump())
+    conn.execute("INSERT INTO t (v) VALUES ('pending')")
+    assert conn.in_transaction
+    dump = list(conn.iterdump())
+    assert any("'pending'" in line for line in dump)
+    conn.rollback()
+    assert not any("'pending'" in line for line in conn.iterdump())
+
+
 def test_unsupported_options(tmp_path: Path) -> None:
     """Options that cannot be honoured are refused clearly; harmless ones are accepted."""
     path = str(tmp_path / "u.db")
