@@ -87,9 +87,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
             out = _write(conn, sql, params, many)
     else:
         out = _write(conn, sql, params, many)
-    _count_changes(conn, kind, out)
-    if out.lastrowid is not None:
-        conn._local.rowid = out.lastrowid
+    _note(conn, out)
     return out, _rowid(conn)
 
 
@@ -114,11 +112,15 @@ def _prepare(engine_conn: Any, sql: str) -> Outcome:
     return Outcome([])
 
 
-def _count_changes(conn: Connection, kind: Kind, out: Outcome) -> None:
-    """Add a statement's changed rows to the connection's `total_changes`."""
-    if out.rowcount > 0 and kind is not Kind.READ:
+def _note(conn: Connection, out: Outcome) -> None:
+    """Add a statement's changed rows to the connection's `total_changes`, and its
+    inserted rowid to the thread's `lastrowid`."""
+    changes = max(out.rowcount, 0) if out.changes is None else out.changes
+    if changes:
         with conn._lock:
-            conn._changes += out.rowcount
+            conn._changes += changes
+    if out.lastrowid is not None:
+        conn._local.rowid = out.lastrowid
 
 
 def _rowid(conn: Connection) -> int | None:
@@ -218,5 +220,5 @@ def executescript(conn: Connection, script: str) -> None:
             out = _read(conn, statement, ()) if kind is Kind.READ else None
             if out is None:
                 out = _write(conn, statement, (), False)
-        if out is not None:  # total_changes counts the script's rows too, as in sqlite3
-            _count_changes(conn, kind, out)
+        if out is not None:  # total_changes and lastrowid count the script's rows too
+            _note(conn, out)

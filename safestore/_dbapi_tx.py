@@ -51,6 +51,9 @@ class Outcome:
     description: Any = None
     rowcount: int = -1
     lastrowid: int | None = None  # the rowid of the row it inserted, else None
+    #: Rows it changed for `total_changes`, those of triggers included (SQLite); None:
+    #: as many as `rowcount` says.
+    changes: int | None = None
 
 
 class Token:
@@ -206,6 +209,10 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
     insert = is_insert(sql)
     upsert = insert and "conflict" in sql.lower()
     before = _last_insert_rowid(conn) if upsert else None
+    # The statement runs alone on the connection (its caller holds it), so the
+    # connection's count of changes moves by exactly this statement's, as sqlite3's
+    # total_changes counts them: triggers' rows included, whatever its first word.
+    changes_before = conn.total_changes
     cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
     try:
         description = cur.description
@@ -216,7 +223,8 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
             after = _last_insert_rowid(conn) if many else cur.lastrowid
             if not upsert or after != before:
                 lastrowid = after
-        return Outcome(rows, description, rowcount, lastrowid)
+        changes = conn.total_changes - changes_before
+        return Outcome(rows, description, rowcount, lastrowid, changes)
     finally:
         cur.close()
 

@@ -485,6 +485,25 @@ def test_total_changes(conn: dbapi.Connection) -> None:
     assert conn.total_changes == 7
 
 
+def test_total_changes_and_lastrowid_follow_sqlite3(conn: dbapi.Connection, backend: str) -> None:
+    """SQLite: total_changes counts a WITH ... INSERT and rows changed by triggers, and
+    lastrowid reflects a script's inserts, as sqlite3's do."""
+    if backend != "sqlite":
+        pytest.skip("sqlite3's counters")
+    conn.execute("WITH r(x) AS (VALUES ('a'), ('b'), ('c')) INSERT INTO t (v) SELECT x FROM r")
+    conn.commit()
+    assert conn.total_changes == 3
+    conn.executescript(
+        "CREATE TABLE audit (v TEXT);"
+        "CREATE TRIGGER log AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (new.v); END;"
+    )
+    conn.execute("INSERT INTO t (v) VALUES ('d')")
+    conn.commit()
+    assert conn.total_changes == 5  # the row and the trigger's row
+    conn.executescript("INSERT INTO t (id, v) VALUES (42, 'e');")
+    assert conn.execute("SELECT 1").lastrowid == 42
+
+
 # --- rows ------------------------------------------------------------------------------
 
 
