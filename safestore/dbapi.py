@@ -112,7 +112,7 @@ paramstyle = "qmark"
 
 
 def connect(
-    database: str | os.PathLike[str] | Store,
+    database: str | bytes | os.PathLike[str] | os.PathLike[bytes] | Store,
     timeout: float | None = None,
     detect_types: int = 0,
     isolation_level: str | None = "",
@@ -187,9 +187,12 @@ def connect(
             )
         store, owns = database, False
     else:
-        target: str | os.PathLike[str] = database
+        # sqlite3 takes bytes paths too.
+        target: str | os.PathLike[str] = (
+            os.fsdecode(database) if isinstance(database, bytes | os.PathLike) else database
+        )
         if uri:
-            target, read_only = _parse_uri(database, read_only)
+            target, read_only = _parse_uri(target, read_only)
         store = Store(
             target,
             backend=backend,
@@ -211,8 +214,10 @@ def connect(
 
 
 def _parse_uri(database: object, read_only: bool) -> tuple[str, bool]:
-    if not isinstance(database, str) or not database.startswith("file:"):
-        raise NotSupportedError(f"uri=True needs a 'file:' URI, not {database!r}")
+    if not isinstance(database, str):
+        raise TypeError(f"uri=True needs a str, not {type(database).__name__}")
+    if not database.startswith("file:"):
+        return database, read_only  # SQLite opens a name that is not a URI as a file name
     parts = urllib.parse.urlsplit(database)
     path = urllib.parse.unquote(parts.path)
     for key, value in urllib.parse.parse_qsl(parts.query):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -586,6 +587,21 @@ def test_unsupported_options(tmp_path: Path) -> None:
         assert any("CREATE" in line for line in conn.iterdump()) is False
     finally:
         conn.close()
+
+
+def test_database_as_bytes_and_plain_name_with_uri(tmp_path: Path) -> None:
+    """As sqlite3: a bytes path opens the file, and with uri=True a name that is not a
+    file: URI is a plain path."""
+    path = tmp_path / "b.db"
+    with dbapi.connect(os.fsencode(path), isolation_level=None) as first:
+        first.execute("CREATE TABLE b (x INTEGER)")
+        first.execute("INSERT INTO b VALUES (1)")
+    first.close()
+    again = dbapi.connect(str(path), uri=True)
+    try:
+        assert again.execute("SELECT x FROM b").fetchall() == [(1,)]
+    finally:
+        again.close()
 
 
 def test_uri_read_only(tmp_path: Path) -> None:
