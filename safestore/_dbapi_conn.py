@@ -49,15 +49,17 @@ log = logging.getLogger("safestore")
 _ISOLATION_LEVELS = ("", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 
 
-def _check_isolation_level(value: object) -> None:
+def _check_isolation_level(value: object) -> str | None:
+    """`value` checked and, as sqlite3 keeps it, in capitals."""
     if value is None:
-        return
+        return None
     if not isinstance(value, str):
         raise TypeError(f"isolation_level must be str or None, not {type(value).__name__}")
     if value.upper() not in _ISOLATION_LEVELS:
         raise ValueError(
             "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'"
         )
+    return value.upper()
 
 
 def _check_autocommit(value: object) -> None:
@@ -97,12 +99,11 @@ class Connection:
         autocommit: bool | int = LEGACY_TRANSACTION_CONTROL,
         _owns: bool = True,
     ) -> None:
-        _check_isolation_level(isolation_level)
         _check_autocommit(autocommit)
         self._store = store
         self._owns = _owns
         self._is_sqlite = store.backend == "sqlite"
-        self._isolation_level = isolation_level
+        self._isolation_level = _check_isolation_level(isolation_level)
         self._autocommit: bool | int = autocommit
         #: Called as ``row_factory(cursor, row)``; `sqlite3.Row` works. Copied to new cursors.
         self.row_factory: Any = None
@@ -139,10 +140,10 @@ class Connection:
 
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
-        _check_isolation_level(value)
-        if value is None:  # commit() does what the autocommit mode says (3.12+ sqlite3)
+        level = _check_isolation_level(value)
+        if level is None:  # commit() does what the autocommit mode says (3.12+ sqlite3)
             self.commit()
-        self._isolation_level = value
+        self._isolation_level = level
 
     @property
     def autocommit(self) -> bool | int:

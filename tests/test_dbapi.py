@@ -604,6 +604,17 @@ def test_database_as_bytes_and_plain_name_with_uri(tmp_path: Path) -> None:
         again.close()
 
 
+def test_isolation_level_reads_back_in_capitals(connect: Callable[..., dbapi.Connection]) -> None:
+    """isolation_level is kept as sqlite3 keeps it: checked, in capitals."""
+    conn = connect(isolation_level="deferred")
+    assert conn.isolation_level == "DEFERRED"
+    conn.isolation_level = "exclusive"
+    assert conn.isolation_level == "EXCLUSIVE"
+    with pytest.raises(ValueError, match="isolation_level"):
+        conn.isolation_level = "serializable"
+    assert conn.isolation_level == "EXCLUSIVE"
+
+
 def test_uri_read_only(tmp_path: Path) -> None:
     """uri=True understands file: URIs with mode=ro (writes are refused)."""
     path = tmp_path / "ro.db"
