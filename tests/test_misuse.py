@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -133,6 +134,32 @@ def test_run_cannot_close_the_connection(make_store: Callable[..., safestore.Sto
     store.close()
     with safestore.Store(store.path, backend=store.backend, timeout=WAIT) as again:
         assert again.query("SELECT v FROM t") == [("before",)]
+
+
+def test_run_cannot_back_up_from_its_connection(
+    make_store: Callable[..., safestore.Store], tmp_path: Path
+) -> None:
+    """SQLite's backup API from the connection a run() function was lent would never
+    finish (the connection is inside its write transaction, and sqlite3 retries the
+    locked step forever): it is refused at once, and the store goes on. A connection
+    of the program's own backs the live file up."""
+    store = make_store(setup=SCHEMA)
+    if store.backend != "sqlite":
+        pytest.skip("SQLite's backup API")
+    store.insert("t", {"v": "a"})
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    try:
+        with pytest.raises(safestore.ProgrammingError, match="backup"):
+            store.run(lambda conn: conn.backup(copy))
+        store.insert("t", {"v": "b"})
+        own = sqlite3.connect(store.path)
+        try:
+            own.backup(copy)  # what docs/processes.md recommends
+        finally:
+            own.close()
+        assert copy.execute("SELECT v FROM t ORDER BY v").fetchall() == [("a",), ("b",)]
+    finally:
+        copy.close()
 
 
 def test_timeout_beyond_threading_limit_is_refused(tmp_path: Path) -> None:

@@ -73,6 +73,15 @@ class _WriterConnection(sqlite3.Connection):
             "in Store.close())"
         )
 
+    def backup(self, *args: Any, **kwargs: Any) -> None:
+        # Lent to run() inside a write transaction, from which a backup's steps fail
+        # with SQLITE_LOCKED, and sqlite3 retries them without end.
+        raise ProgrammingError(
+            "a run() function cannot back the database up from the store's connection: "
+            "it is inside a write transaction, so the backup could never finish; back up "
+            "from a connection of your own: sqlite3.connect(path).backup(target)"
+        )
+
 
 def _close(conn: sqlite3.Connection) -> None:
     sqlite3.Connection.close(conn)  # also for a _WriterConnection
