@@ -27,6 +27,7 @@ thread's routing never sees another's state. The transaction mode (`autocommit`,
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from ._dbapi_sql import (
@@ -75,7 +76,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
             out = ttx.run(_runner(conn), sql, params, many, write=kind is not Kind.READ)
         except Exception:
             if opened:
-                _end_if_it_does_not_prepare(conn, ttx, sql)
+                _end_if_it_does_not_prepare(conn, ttx, sql, params, many)
             raise
     elif kind is Kind.READ and not many:
         read = _read(conn, sql, params)
@@ -91,25 +92,35 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
     return out, _rowid(conn)
 
 
-def _end_if_it_does_not_prepare(conn: Connection, ttx: ThreadTx, sql: str) -> None:
+def _end_if_it_does_not_prepare(
+    conn: Connection, ttx: ThreadTx, sql: str, params: Any, many: bool
+) -> None:
     """End the transaction a failed statement opened if the statement does not even
     prepare (a typo, a missing table or column, two statements in one).
 
-    sqlite3 prepares a statement before its implicit BEGIN, so such a statement opens
-    no transaction there; here the transaction is opened first, as it holds the writer
-    the statement runs on. EXPLAIN prepares the statement again without running it.
+    sqlite3 prepares a statement before its implicit BEGIN, and binds its parameters
+    and runs it after: a statement that does not prepare opens no transaction there,
+    one that fails later keeps it. Here the transaction is opened first, as it holds
+    the writer the statement runs on; EXPLAIN, given the same parameters, prepares and
+    binds the statement again without running it, to tell the two apart. (DuckDB ends
+    the transaction for a failed statement anyway: any failure ends it here.)
     """
     if ttx.ended:
         return
-    try:
-        ttx.run(_prepare, sql, write=False)
-    except Exception:
+    if conn._is_sqlite and len(split_script(sql)) > 1:
+        prepares = False  # sqlite3 refuses the text before its BEGIN
+    else:
+        probe = (params[0] if params else ()) if many else params
+        try:
+            ttx.run(_runner(conn), f"EXPLAIN {sql}", probe, False, write=False)
+            prepares = True
+        except Exception as exc:
+            # An SQLite error (OperationalError) is the statement's preparation; sqlite3's
+            # own errors (ProgrammingError, InterfaceError, OverflowError, ...) are
+            # its binding, which comes after its BEGIN.
+            prepares = conn._is_sqlite and not isinstance(exc, sqlite3.OperationalError)
+    if not prepares:
         conn._end(ttx, commit=False)
-
-
-def _prepare(engine_conn: Any, sql: str) -> Outcome:
-    engine_conn.execute(f"EXPLAIN {sql}").fetchall()
-    return Outcome([])
 
 
 def _note(conn: Connection, out: Outcome) -> None:

@@ -326,6 +326,22 @@ def test_a_statement_that_does_not_prepare_opens_no_transaction(
         assert conn.in_transaction
     conn.rollback()
     assert conn.execute("SELECT msg FROM log").fetchall() == [("other thread",)]
+    if backend != "sqlite":
+        return
+    # With parameters too: the rows executemany wrote before its failing one stay in
+    # the open transaction, and a binding error comes after sqlite3's BEGIN.
+    with pytest.raises(dbapi.IntegrityError):
+        conn.executemany("INSERT INTO t (v) VALUES (?)", [("p",), ("q",), ("p",)])
+    assert conn.in_transaction
+    conn.commit()
+    assert conn.execute("SELECT v FROM t ORDER BY v").fetchall() == [("a",), ("p",), ("q",)]
+    with pytest.raises(sqlite3.ProgrammingError, match="bindings"):
+        conn.execute("INSERT INTO t (v) VALUES (?)", ())
+    assert conn.in_transaction
+    conn.rollback()
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("INSERT INTO t (missing) VALUES (?)", (1,))
+    assert not conn.in_transaction
 
 
 def test_with_block_commits_or_rolls_back(conn: dbapi.Connection) -> None:
