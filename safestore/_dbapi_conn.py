@@ -163,6 +163,8 @@ class Connection:
             ttx = self._thread_tx()
             if ttx is not None:
                 self._end(ttx, commit=True)
+        if value is False:  # sqlite3 opens a transaction
+            self._local.sql_ended = False
         self._autocommit = value
 
     @property
@@ -173,10 +175,16 @@ class Connection:
         opens at the thread's first write).
         """
         self._check_open()
-        if self._autocommit is False:
+        if self._always_in_tx():
             return True
         ttx: ThreadTx | None = getattr(self._local, "tx", None)
         return ttx is not None and not ttx.ended and not ttx.expired
+
+    def _always_in_tx(self) -> bool:
+        """sqlite3 3.12's ``autocommit=False`` keeps a transaction open at all times,
+        until SQL COMMIT or ROLLBACK ends it; then statements commit on their own until
+        `commit()` or `rollback()` opens the next (`sql_ended`, per thread)."""
+        return self._autocommit is False and not getattr(self._local, "sql_ended", False)
 
     @property
     def total_changes(self) -> int:
@@ -248,6 +256,7 @@ class Connection:
         self._check_open()
         if self._autocommit is True:
             return
+        self._local.sql_ended = False  # autocommit=False: a transaction is open again
         ttx = self._thread_tx(raise_expired=False)
         if ttx is not None:
             self._end(ttx, commit=True)
@@ -257,6 +266,7 @@ class Connection:
         self._check_open()
         if self._autocommit is True:
             return
+        self._local.sql_ended = False  # autocommit=False: a transaction is open again
         ttx = self._thread_tx(raise_expired=False)
         if ttx is not None:
             self._end(ttx, commit=False)

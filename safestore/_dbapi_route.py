@@ -82,7 +82,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
         read = _read(conn, sql, params)
         if read is not None:
             out = read
-        elif conn._autocommit is False:  # the engine says it writes
+        elif conn._always_in_tx():  # the engine says it writes
             out = conn._begin().run(_runner(conn), sql, params, many, write=True)
         else:
             out = _write(conn, sql, params, many)
@@ -147,8 +147,8 @@ def _implicit_begin(conn: Connection, kind: Kind) -> bool:
         return True  # SAVEPOINT outside a transaction opens one, as in SQLite
     if conn._autocommit is True:
         return False
-    if conn._autocommit is False:
-        return kind is not Kind.READ
+    if conn._autocommit is False:  # after an SQL COMMIT: each statement on its own
+        return kind is not Kind.READ and conn._always_in_tx()
     return kind is Kind.DML and conn._isolation_level is not None
 
 
@@ -158,13 +158,14 @@ def _control(conn: Connection, kind: Kind, ttx: ThreadTx | None, sql: str) -> Ou
         check_control(sql, conn._is_sqlite)
     except Exception as exc:
         raise translate(exc) from None
-    if ttx is None and conn._autocommit is False:
-        # sqlite3 keeps a transaction open at all times then (this thread's opens at its
-        # first write): COMMIT and ROLLBACK have nothing to end, BEGIN is one too many.
+    if ttx is None and conn._always_in_tx():
+        # sqlite3 keeps a transaction open (this thread's opens at its first write):
+        # BEGIN is one too many; COMMIT and ROLLBACK end it, with nothing in it.
         if kind is Kind.BEGIN:
             raise conn._misuse(
                 "OperationalError", "cannot start a transaction within a transaction"
             )
+        conn._local.sql_ended = True
         return Outcome([])
     if kind is Kind.BEGIN:
         if ttx is not None:
@@ -177,6 +178,8 @@ def _control(conn: Connection, kind: Kind, ttx: ThreadTx | None, sql: str) -> Ou
         raise conn._misuse("OperationalError", f"cannot {verb} - no transaction is active")
     else:
         conn._end(ttx, commit=kind is Kind.COMMIT)
+        if conn._autocommit is False:  # until commit() or rollback(), as in sqlite3
+            conn._local.sql_ended = True
     return Outcome([])
 
 
@@ -225,7 +228,7 @@ def executescript(conn: Connection, script: str) -> None:
             _control(conn, kind, ttx, statement)
         elif ttx is not None:
             out = ttx.run(_runner(conn), statement, (), False, write=True)
-        elif kind is Kind.SAVEPOINT or saved is False:
+        elif kind is Kind.SAVEPOINT or (saved is False and conn._always_in_tx()):
             out = conn._begin().run(_runner(conn), statement, (), False, write=True)
         else:
             out = _read(conn, statement, ()) if kind is Kind.READ else None

@@ -449,7 +449,11 @@ def test_autocommit_false_transaction_sql_and_isolation_level(
     conn = connect(setup=SCHEMA, autocommit=False)
     conn.execute("SELECT count(*) FROM t").fetchall()
     conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    conn.commit()  # commits, and opens the next one
     conn.execute("ROLLBACK")
+    conn.execute("BEGIN")
+    conn.commit()
     with pytest.raises(expected, match="within a transaction"):
         conn.execute("BEGIN")
     conn.execute("INSERT INTO t (v) VALUES ('a')")
@@ -458,6 +462,26 @@ def test_autocommit_false_transaction_sql_and_isolation_level(
     conn.execute("INSERT INTO t (v) VALUES ('b')")
     conn.rollback()
     assert in_thread(lambda: conn.execute("SELECT v FROM t").fetchall()) == [("a",)]
+    # An SQL COMMIT ends sqlite3's ever-open transaction: statements then commit on
+    # their own and BEGIN works, until commit() or rollback() opens the next one.
+    conn.execute("INSERT INTO t (v) VALUES ('c')")
+    conn.execute("COMMIT")
+    assert not conn.in_transaction
+    conn.execute("INSERT INTO t (v) VALUES ('d')")  # committed at once
+    assert in_thread(lambda: conn.execute("SELECT count(*) FROM t").fetchone()) == (3,)
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t (v) VALUES ('e')")
+    conn.execute("ROLLBACK")
+    with pytest.raises(expected, match="no transaction is active"):
+        conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    conn.commit()  # opens sqlite3's next transaction
+    assert conn.in_transaction
+    with pytest.raises(expected, match="within a transaction"):
+        conn.execute("BEGIN")
+    conn.execute("INSERT INTO t (v) VALUES ('f')")
+    conn.rollback()
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == ["a", "c", "d"]
 
 
 def test_executescript(conn: dbapi.Connection) -> None:
