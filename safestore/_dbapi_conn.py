@@ -24,7 +24,7 @@ from typing import Any, Literal
 from . import _dbapi_route, errors
 from ._dbapi_cursor import Cursor
 from ._dbapi_route import LEGACY_TRANSACTION_CONTROL
-from ._dbapi_tx import Outcome, ThreadTx, Token, expired_error
+from ._dbapi_tx import Outcome, ThreadTx, connection_dropped, expired_error
 from ._store import Store
 from .errors import (
     DatabaseError,
@@ -116,7 +116,10 @@ class Connection:
         self._txs: set[ThreadTx] = set()  # every open thread transaction
         self._notes: list[str] = []  # warnings from dying threads, logged by a live one
         self._changes = 0
-        self._local = threading.local()  # .tx: ThreadTx | None, .token, .rowid
+        self._local = threading.local()  # .tx: ThreadTx | None, .rowid, .sql_ended
+        # Dropped without close() (sqlite3 then rolls back as it frees the connection).
+        self._dropped = weakref.finalize(self, connection_dropped, self._txs)
+        self._dropped.atexit = False  # exit: _close_all_at_exit closes live connections
         live.add(self)
 
     def __repr__(self) -> str:
@@ -312,7 +315,6 @@ class Connection:
         if self._store._read_only:
             raise ReadOnlyError(f"the store {self._store.path!r} was opened read-only")
         ttx = ThreadTx(self._store, self._on_tx_end)
-        token = Token()
         with self._lock:
             closed = self._closed
             if not closed:
@@ -320,9 +322,8 @@ class Connection:
         if closed:  # close() ran meanwhile
             ttx.rollback()
             raise self._misuse("ProgrammingError", "Cannot operate on a closed database.")
-        ttx.watch(token)
+        ttx.watch()
         self._local.tx = ttx
-        self._local.token = token
         return ttx
 
     def _end(self, ttx: ThreadTx, *, commit: bool) -> None:
@@ -405,6 +406,7 @@ class Connection:
                 return
             self._closed = True
             txs = list(self._txs)
+        self._dropped.detach()  # ends them itself, below
         live.discard(self)
         mine = getattr(self._local, "tx", None)
         self._local.tx = None

@@ -16,7 +16,11 @@ or forgets it. `ThreadTx` covers all of those endings:
 - The owner dies: a token object lives only in the owner's `threading.local`; CPython
   destroys it when the thread ends, in that thread, and its finalizer rolls back.
 - The program drops the connection without commit() or close() (an exception skipped
-  them): the `threading.local` dies with the connection, and the token with it.
+  them): the connection's finalizer calls `dropped`, in whichever thread frees it,
+  possibly from inside a garbage collection that interrupted anything. Queue mode rolls
+  back there (on the writer thread itself it only asks the writer to expire the
+  session: the writer may hold the session's lock at that very moment); lock mode can
+  roll back only in the owner thread, else the owner's end does it, as above.
 - The owner idles past `timeout` (queue mode): the writer rolls back on its own; the
   owner learns it at its next call.
 """
@@ -59,7 +63,26 @@ class Outcome:
 class Token:
     """Lives only in the owner thread's `threading.local`; its death means the thread ended."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("__weakref__", "finalizer")
+
+    def __init__(self) -> None:
+        self.finalizer: weakref.finalize[Any, Any] | None = None
+
+
+# The tokens of the calling thread's transactions, on every connection. Not in the
+# connection's own `threading.local`: that one dies with the connection, in whichever
+# thread frees it, and a lock-mode transaction can be ended only by its owner thread.
+_held = threading.local()
+
+
+def _hold(token: Token) -> None:
+    """Keep `token` for as long as the calling thread lives (or its transaction)."""
+    tokens: set[Token] | None = getattr(_held, "tokens", None)
+    if tokens is None:
+        tokens = _held.tokens = set()
+    else:  # forget those of transactions that have ended meanwhile
+        tokens -= {t for t in tokens if t.finalizer is None or not t.finalizer.alive}
+    tokens.add(token)
 
 
 class ThreadTx:
@@ -79,9 +102,8 @@ class ThreadTx:
         self._end_lock = threading.Lock()
         # Weak: the finalizer that watches the owner thread holds this object, and a
         # strong reference to the connection (whose method `on_end` is) would keep a
-        # connection the program dropped alive with its transaction open. Once the
-        # connection is freed, its thread-local token dies and the finalizer rolls
-        # back, as sqlite3 does when it frees a connection.
+        # connection the program dropped alive with its transaction open, where
+        # sqlite3 frees it and rolls back (see `dropped`).
         self._on_end = weakref.WeakMethod(on_end)
         deadline = time.monotonic() + store._timeout
         try:
@@ -97,10 +119,12 @@ class ThreadTx:
         store._tx_local.session = self.session
         self.finalizer: weakref.finalize[Any, Any] | None = None
 
-    def watch(self, token: Token) -> None:
-        """Roll back when `token` dies, i.e. when the owner thread has ended."""
-        self.finalizer = weakref.finalize(token, _owner_gone, self)
+    def watch(self) -> None:
+        """Roll back when the owner thread (the calling one) has ended."""
+        token = Token()
+        self.finalizer = token.finalizer = weakref.finalize(token, _owner_gone, self)
         self.finalizer.atexit = False  # exit is handled by the connection's atexit hook
+        _hold(token)
 
     @property
     def expired(self) -> bool:
@@ -171,6 +195,28 @@ class ThreadTx:
         finally:
             self._finish(committed=False)
 
+    def dropped(self) -> None:
+        """The program dropped the connection with this transaction open.
+
+        The connection's finalizer: runs in whichever thread freed the connection,
+        possibly inside a garbage collection that interrupted anything, so it must not
+        take a lock that this thread may already hold (see the module docstring).
+        """
+        self.doomed = "its connection was dropped without commit(), rollback() or close()"
+        engine = self.store._engine
+        here = threading.get_ident()
+        if isinstance(engine, LockEngine):
+            if here == self.owner:  # only the owner can release the store's lock
+                self.rollback()
+            return
+        if here == engine.thread.ident:
+            # The writer serves this session and may hold its lock right now: let it
+            # roll back the session as soon as anyone waits for the writer.
+            self.session.orphaned = True
+            self.session.idle_timeout = 0.0
+            return
+        self.rollback()
+
     def abort(self, why: str) -> None:
         """Roll back from another thread (the connection is closing). Never blocks long.
 
@@ -181,6 +227,15 @@ class ThreadTx:
         if isinstance(self.store._engine, LockEngine) and threading.get_ident() != self.owner:
             return
         self.rollback()
+
+
+def connection_dropped(txs: set[ThreadTx]) -> None:
+    """Finalizer of a connection the program dropped: end its open transactions."""
+    for ttx in list(txs):  # nothing adds to it any more: the connection is gone
+        try:
+            ttx.dropped()
+        except Exception:  # nothing to raise to
+            log.debug("ending a dropped connection's transaction failed", exc_info=True)
 
 
 def _owner_gone(ttx: ThreadTx) -> None:

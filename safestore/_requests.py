@@ -398,6 +398,7 @@ class TxSession(Request):
         "last_used",
         "lock",
         "lost",
+        "orphaned",
     )
     is_write = False
 
@@ -413,6 +414,9 @@ class TxSession(Request):
         #: The error of the statement after which the engine had rolled the whole
         #: transaction back (SQLite's ROLLBACK conflict clause, a full disk), if any.
         self.lost: BaseException | None = None
+        #: The owner's DB-API connection was dropped with this session open: the owner
+        #: thread is no longer inside it, even if it is not ended yet.
+        self.orphaned = False
         self.idle_timeout = idle_timeout
         self.last_used = time.monotonic()
 

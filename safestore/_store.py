@@ -462,9 +462,14 @@ class Store:
 
     def _in_own_transaction(self) -> bool:
         # A session the writer expired still counts until its owner leaves the block; one
-        # ended otherwise (by close() from another thread) no longer does.
+        # ended otherwise (by close() from another thread), or whose DB-API connection
+        # was dropped, no longer does.
         session: TxSession | None = getattr(self._tx_local, "session", None)
-        return session is not None and (not session.done.is_set() or session.expired)
+        return (
+            session is not None
+            and not session.orphaned
+            and (not session.done.is_set() or session.expired)
+        )
 
     def _detach_after_fork(self) -> tuple[Any, ...]:
         """In a forked child: never finalize this store, close the inherited connections

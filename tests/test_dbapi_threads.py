@@ -145,6 +145,77 @@ def test_dropped_connection_rolls_back_its_transaction(
         assert store.query("SELECT v FROM t") == [("good",)]
 
 
+def test_connection_dropped_by_another_thread(tmp_path: Path, backend: str, mode: str) -> None:
+    """A shared connection dropped by one thread while another thread's transaction is
+    open: queue mode rolls that transaction back at once; lock mode cannot (the store's
+    lock is the owner thread's), so the owner's end rolls it back. Either way the store
+    then works, and nothing of the transaction is kept."""
+    store = safestore.Store(
+        db_path(tmp_path, backend), backend=backend, mode=mode, setup=SCHEMA, timeout=WAIT
+    )
+    try:
+        shared = {"conn": dbapi.connect(store)}  # the only strong reference
+        wrote, leave = threading.Event(), threading.Event()
+
+        def owner() -> None:
+            shared["conn"].execute("INSERT INTO t (v) VALUES ('dropped')")
+            wrote.set()
+            assert leave.wait(WAIT)
+
+        worker = Worker(owner)
+        assert wrote.wait(WAIT)
+        shared.clear()  # dropped here, in the main thread
+        gc.collect()
+        if mode == "queue":  # rolled back already: the writer is free
+            store.insert("t", {"v": "while the owner lives"})
+        leave.set()
+        worker.join()
+        store.insert("t", {"v": "after"})
+        expected = ["after", "while the owner lives"] if mode == "queue" else ["after"]
+        assert sorted(r[0] for r in store.query("SELECT v FROM t")) == expected
+    finally:
+        store.close()
+
+
+def test_dropped_connection_collected_on_the_writer_thread(tmp_path: Path, backend: str) -> None:
+    """A dropped connection in a reference cycle can be collected by a garbage collection
+    that runs on the writer thread while it holds the lock of that connection's own
+    session (here: as it logs the session's expiry). Its finalizer must not wait for that
+    lock: the writer expires the session, and the owner thread can write again."""
+    store = safestore.Store(db_path(tmp_path, backend), backend=backend, setup=SCHEMA, timeout=1.0)
+    collected = threading.Event()
+
+    class CollectOnExpiry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "idle" in record.getMessage() and not collected.is_set():
+                gc.collect()  # on the writer thread, inside its expiry step
+                collected.set()
+
+    handler = CollectOnExpiry()
+    logging.getLogger("safestore").addHandler(handler)
+    gc.disable()
+    try:
+        conn = dbapi.connect(store)
+        conn.execute("INSERT INTO t (v) VALUES ('dropped')")
+        cycle: list[Any] = [conn]
+        cycle.append(cycle)  # freed only by a collection
+        del conn, cycle
+        # Another thread's write makes the writer expire the idle block (that write
+        # itself waits as long as the block idles, so it may time out just then).
+        waiting = Worker(lambda: store.insert("t", {"v": "queued"}))
+        assert collected.wait(WAIT)
+        assert waiting.done.wait(WAIT)
+        store.insert("t", {"v": "owner thread again"})  # not refused as "in a transaction"
+        store.close(timeout=WAIT)  # the writer is not stuck
+    finally:
+        gc.enable()
+        logging.getLogger("safestore").removeHandler(handler)
+        store.close()
+    with safestore.Store(store.path, backend=backend) as again:
+        rows = {r[0] for r in again.query("SELECT v FROM t")}
+    assert rows in ({"owner thread again"}, {"owner thread again", "queued"})
+
+
 def test_idle_transaction_expires(tmp_path: Path, backend: str) -> None:
     """Queue mode: a transaction idle past `timeout` while another thread's write waits
     is rolled back; the waiting write goes on, and the owner's commit says so."""
