@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import threading
@@ -203,6 +204,32 @@ def test_failed_statement_inside_transaction_raises_engine_error(store: safestor
         tx.insert("t", {"v": "b"})
         tx.insert("t", {"v": "a"})
     assert store.query("SELECT v FROM t") == [("a",)]
+
+
+@pytest.mark.parametrize("call", ["insert", "executemany"])
+def test_failed_call_inside_transaction_leaves_none_of_its_rows(
+    store: safestore.Store, call: str
+) -> None:
+    """A tx call that fails part-way (here on its last row, after several statements'
+    worth of rows) keeps none of its rows: on SQLite the block goes on and commits
+    without them; on DuckDB the failure aborts the block, which commits nothing."""
+    store.insert("t", {"v": "taken"})
+    values = [f"r{i}" for i in range(1000)] + ["taken"]
+    sqlite = store.backend == "sqlite"
+    with contextlib.ExitStack() as stack:
+        if not sqlite:
+            stack.enter_context(pytest.raises(safestore.OperationalError, match="rolled back"))
+        with store.transaction() as tx:
+            tx.insert("t", {"v": "kept"})
+            with pytest.raises(safestore.IntegrityError):
+                if call == "insert":
+                    tx.insert("t", [{"v": v} for v in values])
+                else:
+                    tx.executemany("INSERT INTO t (v) VALUES (?)", [(v,) for v in values])
+            if sqlite:
+                assert tx.query("SELECT count(*) FROM t") == [(2,)]
+    expected = ["kept", "taken"] if sqlite else ["taken"]
+    assert sorted(r[0] for r in store.query("SELECT v FROM t")) == expected
 
 
 @pytest.mark.parametrize("clause", ["conflict", "raise"])

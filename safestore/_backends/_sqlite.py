@@ -22,8 +22,8 @@ import pathlib
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from .._dbapi_sql import has_returning, is_insert
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
@@ -44,6 +44,7 @@ from ._sqlite_guard import (
 )
 
 log = logging.getLogger("safestore")
+T = TypeVar("T")
 
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_LOCKED", 6)}
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -515,13 +516,7 @@ class SQLiteBackend:
         if isinstance(request, ExecuteMany):
             _refuse_transaction_control(request.sql)
             self._returning.clear()
-            if has_returning(request.sql):
-                return _each_returning(conn, request)
-            cur = conn.executemany(request.sql, request.seq_of_params)
-            try:
-                return Result(cur.rowcount, None, [])
-            finally:
-                cur.close()
+            return _all_or_nothing(conn, lambda: _execute_many(conn, request))
         if isinstance(request, Flush):
             return None
         raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
@@ -531,15 +526,20 @@ class SQLiteBackend:
         if len(rows) == 1:  # the common case, without the chunking below
             cur = conn.execute(_insert_sql(req.table, req.columns, 1, ""), rows[0])
             return Result(1, cur.lastrowid or None)
-        ncols = len(req.columns)
-        per_stmt = self._rows_per_statement(ncols)
-        cur = None
-        for start in range(0, len(rows), per_stmt):
-            chunk = rows[start : start + per_stmt]
-            sql = _insert_sql(req.table, req.columns, len(chunk), "")
-            cur = conn.execute(sql, [v for row in chunk for v in row])
-        assert cur is not None  # build_insert refuses empty inserts
-        return Result(len(rows), cur.lastrowid or None)
+        per_stmt = self._rows_per_statement(len(req.columns))
+
+        def insert_chunks() -> Result:
+            cur = None
+            for start in range(0, len(rows), per_stmt):
+                chunk = rows[start : start + per_stmt]
+                sql = _insert_sql(req.table, req.columns, len(chunk), "")
+                cur = conn.execute(sql, [v for row in chunk for v in row])
+            assert cur is not None  # build_insert refuses empty inserts
+            return Result(len(rows), cur.lastrowid or None)
+
+        if len(rows) <= per_stmt:  # one statement: atomic on its own
+            return insert_chunks()
+        return _all_or_nothing(conn, insert_chunks)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -556,6 +556,36 @@ class SQLiteBackend:
             return _guarded_read(conn, sql, params, shared=shared)
         except BIND_ERRORS as exc:  # a value sqlite3 cannot bind
             raise bind_error(exc) from None
+
+
+def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
+    """Run `fn`, whose statements must land together, inside a savepoint of its own.
+
+    One statement is atomic by itself; several (executemany, an insert in chunks) are
+    not. In a group commit the request's own savepoint covers them, but inside a
+    transaction() block a call that failed part-way would leave its first rows in the
+    block, to be committed with it if the caller carries on.
+    """
+    conn.execute("SAVEPOINT safestore_call")
+    try:
+        value = fn()
+    except BaseException:
+        if conn.in_transaction:  # else the engine rolled everything back already
+            conn.execute("ROLLBACK TO safestore_call")
+            conn.execute("RELEASE safestore_call")
+        raise
+    conn.execute("RELEASE safestore_call")
+    return value
+
+
+def _execute_many(conn: Any, request: ExecuteMany) -> Result:
+    if has_returning(request.sql):
+        return _each_returning(conn, request)
+    cur = conn.executemany(request.sql, request.seq_of_params)
+    try:
+        return Result(cur.rowcount, None, [])
+    finally:
+        cur.close()
 
 
 def _each_returning(conn: Any, request: ExecuteMany) -> Result:
