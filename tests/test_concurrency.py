@@ -146,6 +146,42 @@ def test_merged_insert_finds_bad_rows(store: safestore.Store) -> None:
     assert store.query("SELECT v FROM t WHERE v = 'x'") == []
 
 
+@pytest.mark.parametrize("ignores", ["conflict clause", "trigger"])
+def test_inserts_the_engine_ignores_report_no_row(tmp_path: Path, mode: str, ignores: str) -> None:
+    """SQLite may skip rows without an error (ON CONFLICT IGNORE, RAISE(IGNORE)).
+    Inserts merged into one statement must still give each caller its own rowcount and
+    the rowid of its own last inserted row, never another caller's."""
+    schema = {
+        "conflict clause": "CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT UNIQUE ON CONFLICT IGNORE)",
+        "trigger": "CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT);"
+        "CREATE TRIGGER skip BEFORE INSERT ON u WHEN NEW.v = 'skip'"
+        " BEGIN SELECT RAISE(IGNORE); END;",
+    }[ignores]
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        if ignores == "conflict clause":
+            store.execute("INSERT INTO u (v) VALUES ('skip')")
+        gate, held = freeze(store)
+        rows: list[Any] = [
+            {"v": "a"},
+            {"v": "skip"},
+            [{"v": "c"}, {"v": "skip"}],
+            [{"v": "skip"}, {"v": "skip"}],
+            {"v": "d"},
+        ]
+        futures = [store.insert("u", r, wait=False) for r in rows]
+        gate.release()
+        assert held.result(WAIT) == "held"
+        results = [f.result(WAIT) for f in futures]
+        ids = dict(store.query("SELECT v, id FROM u"))
+        assert [r.rowcount for r in results] == [1, 0, 1, 0, 1]
+        assert [r.lastrowid for r in results] == [ids["a"], None, ids["c"], None, ids["d"]]
+        # And once more, each insert on its own.
+        alone = [store.insert("u", r) for r in ({"v": "skip"}, [{"v": "e"}, {"v": "skip"}])]
+        e = store.query_one("SELECT id FROM u WHERE v = 'e'")
+        assert e is not None
+        assert [(r.rowcount, r.lastrowid) for r in alone] == [(0, None), (1, e[0])]
+
+
 def test_writes_keep_each_threads_order(store: safestore.Store) -> None:
     """Writes run in the order each thread issued them."""
 

@@ -17,6 +17,7 @@ ending the group's transaction. This module calls it at three points: `connect_r
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import pathlib
 import sqlite3
@@ -427,6 +428,15 @@ class SQLiteBackend:
                 # work on this table (WITHOUT ROWID, a view): stop merging into it.
                 self._returning[table] = ""
             return outcomes
+        if last_ids is None:
+            # The engine skipped rows without an error (ON CONFLICT IGNORE, a trigger's
+            # RAISE(IGNORE)): which request each rowid belongs to is lost. Insert each
+            # request on its own instead, and stop merging into this table until the
+            # schema may have changed (its cache entry is cleared then).
+            conn.execute("ROLLBACK TO safestore_merge")
+            conn.execute("RELEASE safestore_merge")
+            self._returning[table] = ""
+            return [self._isolated(conn, req) for req in run]
         conn.execute("RELEASE safestore_merge")
         return [
             (req, Result(len(req.rows), rid), None) for req, rid in zip(run, last_ids, strict=True)
@@ -447,8 +457,11 @@ class SQLiteBackend:
         self._returning[table] = alias
         return alias
 
-    def _merged_insert(self, conn: Any, run: Sequence[Insert], returning: str) -> list[int | None]:
-        """One multi-row INSERT per chunk of rows; returns each request's last rowid.
+    def _merged_insert(
+        self, conn: Any, run: Sequence[Insert], returning: str
+    ) -> list[int | None] | None:
+        """One multi-row INSERT per chunk of rows; returns each request's last rowid, or
+        None if the engine skipped some rows (then RETURNING cannot tell whose is whose).
 
         RETURNING yields one rowid per inserted row, in insertion order, so the rowid of
         a request's last row is at the running offset of that request's rows.
@@ -474,12 +487,10 @@ class SQLiteBackend:
                     flush_chunk()
         if pending_rows:
             flush_chunk()
-        result: list[int | None] = []
-        offset = 0
-        for req in run:
-            offset += len(req.rows)
-            result.append(ids[offset - 1] if len(ids) >= offset else None)
-        return result
+        offsets = list(itertools.accumulate(len(req.rows) for req in run))
+        if len(ids) != offsets[-1]:
+            return None
+        return [ids[offset - 1] for offset in offsets]
 
     def _rows_per_statement(self, ncols: int) -> int:
         # Multi-row VALUES beats executemany by ~2x (one prepare, one GIL round trip per
@@ -523,19 +534,24 @@ class SQLiteBackend:
 
     def _insert_alone(self, conn: Any, req: Insert) -> Result:
         rows = req.rows
+        # The counts are the engine's: it may skip rows without an error (ON CONFLICT
+        # IGNORE, a trigger's RAISE(IGNORE)), and then the connection's last rowid is
+        # an earlier statement's, perhaps another caller's.
         if len(rows) == 1:  # the common case, without the chunking below
             cur = conn.execute(_insert_sql(req.table, req.columns, 1, ""), rows[0])
-            return Result(1, cur.lastrowid or None)
+            return Result(cur.rowcount, (cur.lastrowid or None) if cur.rowcount > 0 else None)
         per_stmt = self._rows_per_statement(len(req.columns))
 
         def insert_chunks() -> Result:
-            cur = None
+            inserted, lastrowid = 0, None
             for start in range(0, len(rows), per_stmt):
                 chunk = rows[start : start + per_stmt]
                 sql = _insert_sql(req.table, req.columns, len(chunk), "")
                 cur = conn.execute(sql, [v for row in chunk for v in row])
-            assert cur is not None  # build_insert refuses empty inserts
-            return Result(len(rows), cur.lastrowid or None)
+                if cur.rowcount > 0:
+                    inserted += cur.rowcount
+                    lastrowid = cur.lastrowid or None
+            return Result(inserted, lastrowid)
 
         if len(rows) <= per_stmt:  # one statement: atomic on its own
             return insert_chunks()
