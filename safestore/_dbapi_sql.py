@@ -131,6 +131,16 @@ def is_insert(sql: str) -> bool:
     return match is not None and match.group(0).lower() in ("insert", "replace")
 
 
+_SCHEMA_WORDS = frozenset({"create", "drop", "alter", "attach", "detach", "pragma"})
+
+
+def may_change_schema(sql: str) -> bool:
+    """Whether the statement may change which tables exist or what columns they have
+    (by its first keyword; PRAGMA counts, as `writable_schema` and the like can)."""
+    match = _WORD.match(_body(sql))
+    return match is None or match.group(0).lower() in _SCHEMA_WORDS
+
+
 def split_duckdb_script(script: str) -> list[str]:
     """Split a DuckDB script into statements with DuckDB's own parser (it knows
     dollar-quoted strings, which SQLite's notion of a statement does not)."""

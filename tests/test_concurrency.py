@@ -182,6 +182,68 @@ def test_inserts_the_engine_ignores_report_no_row(tmp_path: Path, mode: str, ign
         assert [(r.rowcount, r.lastrowid) for r in alone] == [(0, None), (1, e[0])]
 
 
+@pytest.mark.parametrize("target", ["without rowid", "view"])
+def test_inserts_into_a_table_without_rowids_report_none(
+    tmp_path: Path, mode: str, target: str
+) -> None:
+    """Inserts into a WITHOUT ROWID table, or into a view through an INSTEAD OF trigger,
+    leave the connection's last rowid at an earlier insert's, perhaps another caller's:
+    their `lastrowid` is None. (SQLite does not count a view's rows as inserted.)"""
+    schema = (
+        "CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT);"
+        "CREATE TABLE w (k TEXT PRIMARY KEY) WITHOUT ROWID;"
+        "CREATE VIEW vw AS SELECT v AS k FROM r;"
+        "CREATE TRIGGER vw_insert INSTEAD OF INSERT ON vw"
+        " BEGIN INSERT INTO r (v) VALUES (NEW.k); END;"
+    )
+    name = "w" if target == "without rowid" else "vw"
+    counted = 1 if target == "without rowid" else 0
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        assert store.insert("r", {"v": "first"}).lastrowid == 1
+        gate, held = freeze(store)
+        futures = [
+            store.insert(name, {"k": "a"}, wait=False),
+            store.insert(name, [{"k": "b"}, {"k": "c"}], wait=False),
+        ]
+        gate.release()
+        assert held.result(WAIT) == "held"
+        results = [f.result(WAIT) for f in futures]
+        results.append(store.insert(name, {"k": "d"}))
+        results.append(store.insert(name, [{"k": f"e{i}"} for i in range(300)]))
+        assert [(r.rowcount, r.lastrowid) for r in results] == [
+            (counted, None),
+            (2 * counted, None),
+            (counted, None),
+            (300 * counted, None),
+        ]
+        assert count(store, "r" if target == "view" else "w") == (305 if target == "view" else 304)
+
+
+def test_insert_rowids_follow_schema_changes(tmp_path: Path, mode: str) -> None:
+    """What insert() knows of a table's rowids is forgotten whenever the schema may
+    have changed: by execute(), by run(), and by a rolled-back transaction."""
+    with safestore.Store(
+        db_path(tmp_path, "sqlite"), mode=mode, setup="CREATE TABLE t (k TEXT PRIMARY KEY)"
+    ) as store:
+        assert store.insert("t", {"k": "a"}).lastrowid == 1
+        store.execute("/* gone */ DROP TABLE t")
+        store.execute("CREATE TABLE t (k TEXT PRIMARY KEY) WITHOUT ROWID")
+        assert store.insert("t", {"k": "a"}).lastrowid is None
+        with pytest.raises(ZeroDivisionError), store.transaction() as tx:
+            tx.execute("DROP TABLE t")
+            tx.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            assert tx.insert("t", {"k": "b"}).lastrowid == 1
+            raise ZeroDivisionError  # rolls the new table back
+        assert store.insert("t", {"k": "b"}).lastrowid is None
+
+        def recreate(conn: Any) -> None:
+            conn.execute("DROP TABLE t")
+            conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+
+        store.run(recreate)
+        assert store.insert("t", {"k": "c"}).lastrowid == 1
+
+
 def test_writes_keep_each_threads_order(store: safestore.Store) -> None:
     """Writes run in the order each thread issued them."""
 

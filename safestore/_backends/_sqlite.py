@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .._dbapi_sql import has_returning, is_insert
+from .._dbapi_sql import has_returning, is_insert, may_change_schema
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
 from ..errors import (
     BIND_ERRORS,
@@ -116,10 +116,12 @@ class SQLiteBackend:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        # Writer-thread state (only the thread holding the writer connection touches it):
-        # per table, the rowid alias to use in RETURNING for merged inserts, or "" when
-        # merged inserts into that table must not be used.
-        self._returning: dict[str, str] = {}
+        # Writer-thread state (only the thread holding the writer connection touches it),
+        # kept until the schema may have changed (`_forget_schema`): per table, whether
+        # its inserts set the connection's last rowid and under which name RETURNING
+        # can read the rowids; and the tables that merged inserts must leave alone.
+        self._rowids: dict[str, tuple[bool, str]] = {}
+        self._unmerged: set[str] = set()
         self._max_vars = 999  # SQLITE_LIMIT_VARIABLE_NUMBER, read at connect
 
     # --- connections ---------------------------------------------------------------
@@ -246,6 +248,7 @@ class SQLiteBackend:
         conn.execute("COMMIT")
 
     def rollback(self, conn: Any) -> None:
+        self._forget_schema()  # the transaction may have changed it
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -410,8 +413,8 @@ class SQLiteBackend:
         if len(run) == 1:
             return [self._isolated(conn, run[0])]
         table = run[0].table
-        returning = self._returning_for(conn, table)
-        if not returning:
+        has_rowid, returning = self._rowid_of(conn, table)
+        if not (_RETURNING and has_rowid and returning) or table in self._unmerged:
             return [self._isolated(conn, req) for req in run]
         conn.execute("SAVEPOINT safestore_merge")
         try:
@@ -425,37 +428,36 @@ class SQLiteBackend:
             outcomes = [self._isolated(conn, req) for req in run]
             if all(exc is None for _, _, exc in outcomes):
                 # Every row was fine on its own, so the merged statement itself cannot
-                # work on this table (WITHOUT ROWID, a view): stop merging into it.
-                self._returning[table] = ""
+                # work on this table: stop merging into it.
+                self._unmerged.add(table)
             return outcomes
         if last_ids is None:
             # The engine skipped rows without an error (ON CONFLICT IGNORE, a trigger's
             # RAISE(IGNORE)): which request each rowid belongs to is lost. Insert each
             # request on its own instead, and stop merging into this table until the
-            # schema may have changed (its cache entry is cleared then).
+            # schema may have changed.
             conn.execute("ROLLBACK TO safestore_merge")
             conn.execute("RELEASE safestore_merge")
-            self._returning[table] = ""
+            self._unmerged.add(table)
             return [self._isolated(conn, req) for req in run]
         conn.execute("RELEASE safestore_merge")
         return [
             (req, Result(len(req.rows), rid), None) for req, rid in zip(run, last_ids, strict=True)
         ]
 
-    def _returning_for(self, conn: Any, table: str) -> str:
-        """Pick a rowid alias that no column of `table` shadows ("" if none or too old)."""
-        cached = self._returning.get(table)
-        if cached is not None:
-            return cached
-        alias = ""
-        if _RETURNING:
-            raw = table[1:-1].replace('""', '"')
-            names = {
-                r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))
-            }
-            alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), "")
-        self._returning[table] = alias
-        return alias
+    def _rowid_of(self, conn: Any, table: str) -> tuple[bool, str]:
+        """(whether inserts into `table` report their rowid, a name that selects it)."""
+        known = self._rowids.get(table)
+        if known is None:
+            known = _probe_rowid(conn, table)
+            if known is None:  # no such table (yet): ask again next time
+                return (True, "")
+            self._rowids[table] = known
+        return known
+
+    def _forget_schema(self) -> None:
+        self._rowids.clear()
+        self._unmerged.clear()
 
     def _merged_insert(
         self, conn: Any, run: Sequence[Insert], returning: str
@@ -502,7 +504,7 @@ class SQLiteBackend:
 
     def apply(self, conn: Any, request: Request) -> Any:
         if isinstance(request, Run):
-            self._returning.clear()
+            self._forget_schema()  # fn may change it
             return _call_run(conn, request)  # fn cannot end the transaction (_sqlite_guard)
         try:
             return self._apply_statement(conn, request)
@@ -514,7 +516,8 @@ class SQLiteBackend:
             return self._insert_alone(conn, request)
         if isinstance(request, Execute):
             _refuse_transaction_control(request.sql)
-            self._returning.clear()  # the statement may change the schema
+            if may_change_schema(request.sql):
+                self._forget_schema()
             cur = conn.execute(request.sql, request.params)
             try:
                 rows = cur.fetchall()
@@ -526,7 +529,8 @@ class SQLiteBackend:
                 cur.close()
         if isinstance(request, ExecuteMany):
             _refuse_transaction_control(request.sql)
-            self._returning.clear()
+            if may_change_schema(request.sql):  # sqlite3 runs DDL here too
+                self._forget_schema()
             return _all_or_nothing(conn, lambda: _execute_many(conn, request))
         if isinstance(request, Flush):
             return None
@@ -535,11 +539,14 @@ class SQLiteBackend:
     def _insert_alone(self, conn: Any, req: Insert) -> Result:
         rows = req.rows
         # The counts are the engine's: it may skip rows without an error (ON CONFLICT
-        # IGNORE, a trigger's RAISE(IGNORE)), and then the connection's last rowid is
-        # an earlier statement's, perhaps another caller's.
+        # IGNORE, a trigger's RAISE(IGNORE)); and a statement that inserted none, or
+        # only into a table without rowids, leaves the connection's last rowid at an
+        # earlier statement's, perhaps another caller's.
+        has_rowid = self._rowid_of(conn, req.table)[0]
         if len(rows) == 1:  # the common case, without the chunking below
             cur = conn.execute(_insert_sql(req.table, req.columns, 1, ""), rows[0])
-            return Result(cur.rowcount, (cur.lastrowid or None) if cur.rowcount > 0 else None)
+            inserted = cur.rowcount
+            return Result(inserted, (cur.lastrowid or None) if inserted > 0 and has_rowid else None)
         per_stmt = self._rows_per_statement(len(req.columns))
 
         def insert_chunks() -> Result:
@@ -550,7 +557,7 @@ class SQLiteBackend:
                 cur = conn.execute(sql, [v for row in chunk for v in row])
                 if cur.rowcount > 0:
                     inserted += cur.rowcount
-                    lastrowid = cur.lastrowid or None
+                    lastrowid = (cur.lastrowid or None) if has_rowid else None
             return Result(inserted, lastrowid)
 
         if len(rows) <= per_stmt:  # one statement: atomic on its own
@@ -572,6 +579,34 @@ class SQLiteBackend:
             return _guarded_read(conn, sql, params, shared=shared)
         except BIND_ERRORS as exc:  # a value sqlite3 cannot bind
             raise bind_error(exc) from None
+
+
+# The kind of a name as an unqualified name resolves it: temp first, then main.
+_KIND_SQL = (
+    "SELECT type FROM sqlite_temp_master WHERE name = ?1 AND type IN ('table', 'view') "
+    "UNION ALL "
+    "SELECT type FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')"
+)
+
+
+def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
+    """Whether inserts into `table` (quoted) report their rowid, and a name that selects
+    it (the first of SQLite's three aliases that no column shadows, "" if all are), or
+    None if no such table or view exists."""
+    raw = table[1:-1].replace('""', '"')
+    names = {r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))}
+    if not names:
+        return None
+    kind = conn.execute(_KIND_SQL, (raw,)).fetchone()
+    if kind is not None and kind[0] == "view":
+        return (False, "")  # an INSTEAD OF trigger's inserts do not set it for the caller
+    alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), "")
+    if alias:
+        try:
+            conn.execute(f"SELECT {alias} FROM {table} LIMIT 0").close()
+        except sqlite3.OperationalError:  # a WITHOUT ROWID table
+            return (False, "")
+    return (True, alias)
 
 
 def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
