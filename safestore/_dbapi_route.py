@@ -35,6 +35,7 @@ from ._dbapi_sql import (
     check_control,
     classify,
     has_returning,
+    savepoint_action,
     split_duckdb_script,
     split_script,
 )
@@ -70,7 +71,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
         return _control(conn, kind, ttx, sql), _rowid(conn)
     opened = ttx is None and _implicit_begin(conn, kind)
     if opened:
-        ttx = conn._begin()
+        ttx = _open(conn, kind)
     if ttx is not None:
         try:
             out = ttx.run(_runner(conn), sql, params, many, write=kind is not Kind.READ)
@@ -78,6 +79,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
             if opened:
                 _end_if_it_does_not_prepare(conn, ttx, sql, params, many)
             raise
+        _follow_savepoints(conn, ttx, sql)
     elif kind is Kind.READ and not many:
         read = _read(conn, sql, params)
         if read is not None:
@@ -90,6 +92,39 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
         out = _write(conn, sql, params, many)
     _note(conn, out)
     return out, _rowid(conn)
+
+
+def _open(conn: Connection, kind: Kind) -> ThreadTx:
+    """Open the thread's transaction for a statement that needs one."""
+    ttx = conn._begin()
+    # A SAVEPOINT that opens the transaction in SQLite (not inside the one sqlite3's
+    # autocommit=False keeps open) commits it when it is released.
+    if kind is Kind.SAVEPOINT and conn._is_sqlite and conn._autocommit is not False:
+        ttx.savepoints = []
+    return ttx
+
+
+def _follow_savepoints(conn: Connection, ttx: ThreadTx, sql: str) -> None:
+    """After a statement ran in `ttx`: track SAVEPOINT, RELEASE and ROLLBACK TO, and
+    commit when the savepoint that opened the transaction is released, as SQLite does."""
+    stack = ttx.savepoints
+    if stack is None:
+        return
+    action = savepoint_action(sql)
+    if action is None:
+        return
+    verb, name = action
+    if verb == "savepoint":
+        stack.append(name)
+        return
+    if name not in stack:  # cannot be: the engine ran the statement
+        return
+    # The most recent savepoint of that name; RELEASE ends it and those after it,
+    # ROLLBACK TO ends only those after it.
+    at = len(stack) - 1 - stack[::-1].index(name)
+    del stack[at + 1 if verb == "rollback" else at :]
+    if not stack:
+        conn._end(ttx, commit=True)
 
 
 def _end_if_it_does_not_prepare(
@@ -226,10 +261,11 @@ def executescript(conn: Connection, script: str) -> None:
         out: Outcome | None = None
         if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
             _control(conn, kind, ttx, statement)
-        elif ttx is not None:
+        elif ttx is not None or kind is Kind.SAVEPOINT or (saved is False and conn._always_in_tx()):
+            if ttx is None:
+                ttx = _open(conn, kind)
             out = ttx.run(_runner(conn), statement, (), False, write=True)
-        elif kind is Kind.SAVEPOINT or (saved is False and conn._always_in_tx()):
-            out = conn._begin().run(_runner(conn), statement, (), False, write=True)
+            _follow_savepoints(conn, ttx, statement)
         else:
             out = _read(conn, statement, ()) if kind is Kind.READ else None
             if out is None:

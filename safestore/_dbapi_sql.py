@@ -50,7 +50,8 @@ _READ_WORDS = {
     "call",
 }
 _DML_WORDS = {"insert", "update", "delete", "replace"}
-_ROLLBACK_TO = re.compile(r"rollback(?:\s+transaction)?\s+to\b", re.IGNORECASE)
+# One token: a keyword or bare name, or a quoted name ("x", [x], `x`, 'x').
+_TOKEN = re.compile(r"""[A-Za-z_][\w$]*|"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|'(?:[^']|'')*'""")
 _PRAGMA_SET = re.compile(r"pragma\s+[\w.]+\s*=", re.IGNORECASE)
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 
@@ -58,6 +59,27 @@ _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 def _body(sql: str) -> str:
     match = _LEAD.match(sql)
     return sql[match.end() :] if match else sql
+
+
+def _tokens(sql: str, most: int) -> list[str]:
+    """The first `most` tokens of `sql`, skipping comments; keywords in lower case."""
+    tokens: list[str] = []
+    pos = 0
+    while len(tokens) < most:
+        lead = _LEAD.match(sql, pos)
+        pos = lead.end() if lead else pos
+        match = _TOKEN.match(sql, pos)
+        if match is None:
+            break
+        token = match.group(0)
+        tokens.append(token.lower() if token[0].isalpha() or token[0] == "_" else token)
+        pos = match.end()
+    return tokens
+
+
+def _rolls_back_to(sql: str) -> bool:
+    words = _tokens(sql, 3)
+    return words[1:2] == ["to"] or words[1:3] == ["transaction", "to"]
 
 
 def classify(sql: str) -> Kind:
@@ -76,7 +98,7 @@ def classify(sql: str) -> Kind:
     if word in ("commit", "end"):
         return Kind.COMMIT
     if word == "rollback":
-        return Kind.OTHER if _ROLLBACK_TO.match(body) else Kind.ROLLBACK
+        return Kind.OTHER if _rolls_back_to(body) else Kind.ROLLBACK
     if word == "abort":
         return Kind.ROLLBACK
     if word == "savepoint":
@@ -129,6 +151,42 @@ def is_insert(sql: str) -> bool:
     """INSERT or REPLACE: the statements after which sqlite3 updates `lastrowid`."""
     match = _WORD.match(_body(sql))
     return match is not None and match.group(0).lower() in ("insert", "replace")
+
+
+def savepoint_action(sql: str) -> tuple[str, str] | None:
+    """("savepoint" | "release" | "rollback", name) for SAVEPOINT name, RELEASE
+    [SAVEPOINT] name and ROLLBACK [TRANSACTION] TO [SAVEPOINT] name; else None.
+
+    The name is compared as SQLite compares savepoint names: unquoted, ASCII letters
+    in any case.
+    """
+    words = _tokens(sql, 6)
+    if not words:
+        return None
+    if words[0] == "savepoint" and len(words) > 1:
+        return ("savepoint", _name(words[1]))
+    if words[0] == "release" and len(words) > 1:
+        rest = words[2:] if words[1] == "savepoint" and len(words) > 2 else words[1:]
+        return ("release", _name(rest[0]))
+    if words[0] == "rollback":
+        rest = words[1:]
+        if rest[:1] == ["transaction"]:
+            rest = rest[1:]
+        if rest[:1] != ["to"]:
+            return None
+        rest = rest[1:]
+        if rest[:1] == ["savepoint"] and len(rest) > 1:
+            rest = rest[1:]
+        return ("rollback", _name(rest[0])) if rest else None
+    return None
+
+
+def _name(token: str) -> str:
+    if token[0] in "\"`'":
+        token = token[1:-1].replace(token[0] * 2, token[0])
+    elif token[0] == "[":
+        token = token[1:-1]
+    return "".join(c.lower() if c.isascii() else c for c in token)
 
 
 _SCHEMA_WORDS = frozenset({"create", "drop", "alter", "attach", "detach", "pragma"})

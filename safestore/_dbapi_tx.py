@@ -99,6 +99,10 @@ class ThreadTx:
         self.writes = 0
         self.ended = False
         self.doomed: str | None = None  # lock mode: why the owner must roll back at once
+        # The open savepoints' names, oldest first, when an SQL SAVEPOINT opened this
+        # transaction (None otherwise): in SQLite, releasing that first savepoint
+        # commits the transaction, which the writer's own BEGIN would otherwise hide.
+        self.savepoints: list[str] | None = None
         self._end_lock = threading.Lock()
         # Weak: the finalizer that watches the owner thread holds this object, and a
         # strong reference to the connection (whose method `on_end` is) would keep a

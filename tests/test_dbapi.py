@@ -698,3 +698,70 @@ def test_a_rolled_back_transaction_ends_as_in_sqlite3(tmp_path: Path, mode: str)
     assert expected == [False, [(1,), (4,)]]
     ours = scenario(lambda p: dbapi.connect(p, mode=mode, timeout=WAIT), str(tmp_path / "ours.db"))
     assert ours == expected
+
+
+SAVEPOINT_SCENARIOS = {
+    # Inside a transaction: ROLLBACK TO undoes the savepoint's work only (comments
+    # between the words included); the transaction goes on.
+    "rollback to, inside": [
+        "INSERT INTO t VALUES ('a')",
+        "SAVEPOINT sp",
+        "INSERT INTO t VALUES ('b')",
+        "ROLLBACK /* undo b */ TRANSACTION -- only b\n TO SAVEPOINT sp",
+        "RELEASE sp",
+    ],
+    # A SAVEPOINT outside a transaction opens one; releasing it commits.
+    "release commits": ["SAVEPOINT sp", "INSERT INTO t VALUES ('a')", "RELEASE SAVEPOINT SP"],
+    "rollback to, then release": [
+        'SAVEPOINT "Outer"',
+        "INSERT INTO t VALUES ('a')",
+        "SAVEPOINT inner",
+        "INSERT INTO t VALUES ('b')",
+        "ROLLBACK TO outer",
+        "INSERT INTO t VALUES ('c')",
+        "SAVEPOINT outer",
+        "RELEASE outer",  # the inner one of that name: the transaction goes on
+        "INSERT INTO t VALUES ('d')",
+        "RELEASE outer",
+    ],
+    # Released inside a transaction BEGIN opened: nothing is committed by it.
+    "release inside begin": ["BEGIN", "SAVEPOINT sp", "INSERT INTO t VALUES ('a')", "RELEASE sp"],
+}
+
+
+@pytest.mark.parametrize("isolation_level", ["DEFERRED", None])
+@pytest.mark.parametrize("scenario", list(SAVEPOINT_SCENARIOS))
+def test_savepoints_as_in_sqlite3(
+    tmp_path: Path, mode: str, scenario: str, isolation_level: str | None
+) -> None:
+    """SQL savepoints on the thread's transaction behave as sqlite3's: when each
+    statement leaves a transaction open, and what is committed in the end (the
+    connection is closed without commit(), which rolls back anything still open)."""
+    steps = SAVEPOINT_SCENARIOS[scenario]
+
+    def run(connect: Callable[..., Any], path: str, script: bool) -> list[Any]:
+        c = connect(path, isolation_level=isolation_level)
+        c.execute("CREATE TABLE t (v TEXT)")
+        if c.in_transaction:
+            c.commit()
+        seen: list[Any] = []
+        if script:
+            c.executescript(";".join(steps))
+            seen.append(c.in_transaction)
+        else:
+            for step in steps:
+                c.execute(step)
+                seen.append(c.in_transaction)
+        c.close()
+        check = sqlite3.connect(path)
+        seen.append(check.execute("SELECT v FROM t ORDER BY v").fetchall())
+        check.close()
+        return seen
+
+    def ours(path: str, **kwargs: Any) -> dbapi.Connection:
+        return dbapi.connect(path, mode=mode, timeout=WAIT, **kwargs)
+
+    for script in (False, True):
+        name = f"{'script' if script else 'steps'}.db"
+        expected = run(sqlite3.connect, str(tmp_path / f"raw-{name}"), script)
+        assert run(ours, str(tmp_path / f"ours-{name}"), script) == expected, script
