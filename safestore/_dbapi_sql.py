@@ -147,6 +147,13 @@ def has_returning(sql: str) -> bool:
     return _RETURNING.search(sql) is not None
 
 
+def starts_with_cte(sql: str) -> bool:
+    """WITH ...: a query, or an INSERT, UPDATE or DELETE after its common table
+    expressions (which sqlite3 does not count as DML)."""
+    match = _WORD.match(_body(sql))
+    return match is not None and match.group(0).lower() == "with"
+
+
 def is_insert(sql: str) -> bool:
     """INSERT or REPLACE: the statements after which sqlite3 updates `lastrowid`."""
     match = _WORD.match(_body(sql))

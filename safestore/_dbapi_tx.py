@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._dbapi_sql import is_insert
+from ._dbapi_sql import is_insert, starts_with_cte
 from ._locked import LockEngine
 from ._requests import Run, TxSession
 from ._transaction import Transaction
@@ -265,9 +265,11 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
     # other INSERT or REPLACE that changed rows inserted them. executemany's cursor does
     # not report the rowid (sqlite3 keeps the previous value): the connection's last
     # rowid after it is the thread's new one.
+    # WITH ... INSERT is not known to insert until it has changed rows: compare too.
     insert = is_insert(sql)
     upsert = insert and "conflict" in sql.lower()
-    before = _last_insert_rowid(conn) if upsert else None
+    cte = not insert and starts_with_cte(sql)
+    before = _last_insert_rowid(conn) if upsert or cte else None
     # The statement runs alone on the connection (its caller holds it), so the
     # connection's count of changes moves by exactly this statement's, as sqlite3's
     # total_changes counts them: triggers' rows included, whatever its first word.
@@ -278,11 +280,11 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         rows = cur.fetchall() if description is not None else []
         rowcount = cur.rowcount
         lastrowid = None
-        if insert and rowcount > 0:
-            after = _last_insert_rowid(conn) if many else cur.lastrowid
-            if not upsert or after != before:
-                lastrowid = after
         changes = conn.total_changes - changes_before
+        if (insert and rowcount > 0) or (cte and changes > 0):
+            after = _last_insert_rowid(conn) if many else cur.lastrowid
+            if not (upsert or cte) or after != before:
+                lastrowid = after
         return Outcome(rows, description, rowcount, lastrowid, changes)
     finally:
         cur.close()

@@ -531,16 +531,22 @@ def test_total_changes_and_lastrowid_follow_sqlite3(conn: dbapi.Connection, back
     lastrowid reflects a script's inserts, as sqlite3's do."""
     if backend != "sqlite":
         pytest.skip("sqlite3's counters")
-    conn.execute("WITH r(x) AS (VALUES ('a'), ('b'), ('c')) INSERT INTO t (v) SELECT x FROM r")
+    cur = conn.execute(
+        "WITH r(x) AS (VALUES ('a'), ('b'), ('c')) INSERT INTO t (v) SELECT x FROM r"
+    )
+    assert cur.lastrowid == 3  # the statement's last row, though sqlite3 counts it no DML
     conn.commit()
     assert conn.total_changes == 3
+    cur = conn.execute("WITH r(x) AS (VALUES (1)) UPDATE t SET n = 1 WHERE id = 1")
+    assert cur.lastrowid == 3  # an update after a CTE inserts nothing
+    conn.commit()
     conn.executescript(
         "CREATE TABLE audit (v TEXT);"
         "CREATE TRIGGER log AFTER INSERT ON t BEGIN INSERT INTO audit VALUES (new.v); END;"
     )
     conn.execute("INSERT INTO t (v) VALUES ('d')")
     conn.commit()
-    assert conn.total_changes == 5  # the row and the trigger's row
+    assert conn.total_changes == 6  # and the row and the trigger's row
     conn.executescript("INSERT INTO t (id, v) VALUES (42, 'e');")
     assert conn.execute("SELECT 1").lastrowid == 42
 
