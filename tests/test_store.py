@@ -84,6 +84,28 @@ def test_execute_returns_result(store: safestore.Store) -> None:
     assert count(store) == 4
 
 
+def test_execute_after_a_with_clause_counts_its_rows(store: safestore.Store) -> None:
+    """INSERT, UPDATE and DELETE after a WITH clause report their real rowcount (and on
+    SQLite the inserted rowid), where sqlite3 says -1; a WITH query stays at -1."""
+    sqlite = store.backend == "sqlite"
+    res = store.execute("WITH r(x) AS (VALUES ('a'), ('b')) INSERT INTO t (v) SELECT x FROM r")
+    ids = [r[0] for r in store.query("SELECT id FROM t ORDER BY id")]
+    assert (res.rowcount, res.lastrowid) == (2, ids[-1] if sqlite else None)
+    res = store.execute("WITH r(x) AS (VALUES (5)) UPDATE t SET n = (SELECT x FROM r)")
+    assert (res.rowcount, res.lastrowid) == (2, None)
+    res = store.execute("WITH r(x) AS (VALUES (5)) UPDATE t SET n = 1 WHERE n <> 5")
+    assert res.rowcount == 0
+    res = store.execute(
+        "WITH r(x) AS (VALUES ('a')) DELETE FROM t WHERE v IN (SELECT x FROM r) RETURNING v"
+    )
+    assert (res.rowcount, res.rows) == (1, [("a",)])
+    res = store.execute("WITH r(x) AS (VALUES (7)) SELECT x FROM r")
+    assert (res.rowcount, res.rows) == (-1, [(7,)])
+    with store.transaction() as tx:
+        res = tx.execute("WITH r(x) AS (VALUES ('c')) INSERT INTO t (v) SELECT x FROM r")
+        assert res.rowcount == 1
+
+
 def test_executemany_sums_rowcount(store: safestore.Store) -> None:
     """executemany() runs the statement per parameter set; rowcount is summed."""
     res = store.executemany("INSERT INTO t (id, v) VALUES (?, ?)", [(i, str(i)) for i in range(7)])

@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .._dbapi_sql import has_returning, is_insert, may_change_schema
+from .._dbapi_sql import has_returning, is_insert, may_change_schema, starts_with_cte
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
 from ..errors import (
     BIND_ERRORS,
@@ -518,6 +518,8 @@ class SQLiteBackend:
             _refuse_transaction_control(request.sql)
             if may_change_schema(request.sql):
                 self._forget_schema()
+            if starts_with_cte(request.sql):
+                return _execute_after_cte(conn, request)
             cur = conn.execute(request.sql, request.params)
             try:
                 rows = cur.fetchall()
@@ -627,6 +629,27 @@ def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
         raise
     conn.execute("RELEASE safestore_call")
     return value
+
+
+def _execute_after_cte(conn: Any, request: Execute) -> Result:
+    """A statement that starts with WITH: a query, or an INSERT, UPDATE or DELETE whose
+    rows sqlite3 does not count (it reports -1). Ask the engine for the count, and for
+    the rowid if the statement moved it."""
+    rowid_before = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    changes_before = conn.total_changes
+    cur = conn.execute(request.sql, request.params)
+    try:
+        rows = cur.fetchall()
+        rowcount = cur.rowcount
+        # A query always has columns; a write has none unless it returns rows, and
+        # then it has changed some (total_changes also counts its triggers' rows).
+        if rowcount == -1 and (cur.description is None or conn.total_changes != changes_before):
+            rowcount, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
+            lastrowid = rowid if rowcount > 0 and rowid != rowid_before else None
+            return Result(rowcount, lastrowid, rows)
+        return Result(rowcount, None, rows)
+    finally:
+        cur.close()
 
 
 def _execute_many(conn: Any, request: ExecuteMany) -> Result:
