@@ -50,8 +50,10 @@ _READ_WORDS = {
     "call",
 }
 _DML_WORDS = {"insert", "update", "delete", "replace"}
-# One token: a keyword or bare name, or a quoted name ("x", [x], `x`, 'x').
-_TOKEN = re.compile(r"""[A-Za-z_][\w$]*|"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|'(?:[^']|'')*'""")
+# One token: a keyword or bare name, a quoted name ("x", [x], `x`, 'x'), "." or "(".
+_TOKEN = re.compile(
+    r"""[A-Za-z_][\w$]*|"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|'(?:[^']|'')*'|[.(]"""
+)
 _PRAGMA_SET = re.compile(r"pragma\s+[\w.]+\s*=", re.IGNORECASE)
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 
@@ -145,6 +147,31 @@ def has_returning(sql: str) -> bool:
     wrong answer.
     """
     return _RETURNING.search(sql) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def insert_target(sql: str) -> str | None:
+    """The table of ``INSERT [OR ...] INTO name`` or ``REPLACE INTO name``, quoted as
+    one identifier; None for a schema-qualified name or any other statement."""
+    words = _tokens(sql, 6)
+    if words[:2] == ["insert", "or"]:
+        words = words[3:]  # past the conflict clause's word
+    elif words[:1] in (["insert"], ["replace"]):
+        words = words[1:]
+    else:
+        return None
+    if words[:1] != ["into"] or len(words) < 2:
+        return None
+    name = words[1]
+    if words[2:3] == ["."] or name in (".", "("):
+        return None
+    if name[0] in '"`[':
+        raw = name[1:-1] if name[0] == "[" else name[1:-1].replace(name[0] * 2, name[0])
+    elif name[0] == "'":
+        return None
+    else:
+        raw = name
+    return '"' + raw.replace('"', '""') + '"'
 
 
 def starts_with_cte(sql: str) -> bool:

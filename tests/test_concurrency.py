@@ -210,13 +210,17 @@ def test_inserts_into_a_table_without_rowids_report_none(
         results = [f.result(WAIT) for f in futures]
         results.append(store.insert(name, {"k": "d"}))
         results.append(store.insert(name, [{"k": f"e{i}"} for i in range(300)]))
+        results.append(store.execute(f"INSERT INTO {name} (k) VALUES ('f')"))
+        results.append(store.execute(f"INSERT OR REPLACE INTO [{name}] (k) VALUES (?)", ("g",)))
         assert [(r.rowcount, r.lastrowid) for r in results] == [
             (counted, None),
             (2 * counted, None),
             (counted, None),
             (300 * counted, None),
+            (counted, None),
+            (counted, None),
         ]
-        assert count(store, "r" if target == "view" else "w") == (305 if target == "view" else 304)
+        assert count(store, "r" if target == "view" else "w") == (307 if target == "view" else 306)
 
 
 def test_insert_rowids_follow_schema_changes(tmp_path: Path, mode: str) -> None:

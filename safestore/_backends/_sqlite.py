@@ -26,7 +26,13 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .._dbapi_sql import has_returning, is_insert, may_change_schema, starts_with_cte
+from .._dbapi_sql import (
+    has_returning,
+    insert_target,
+    is_insert,
+    may_change_schema,
+    starts_with_cte,
+)
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
 from ..errors import (
     BIND_ERRORS,
@@ -524,8 +530,14 @@ class SQLiteBackend:
             try:
                 rows = cur.fetchall()
                 # sqlite3 reports the connection's last insert rowid after any
-                # statement; it belongs to this one only if it inserted rows.
-                lastrowid = cur.lastrowid if cur.rowcount > 0 and is_insert(request.sql) else None
+                # statement; it belongs to this one only if it inserted rows, into a
+                # table that has rowids.
+                lastrowid = None
+                if cur.rowcount > 0 and is_insert(request.sql):
+                    lastrowid = cur.lastrowid
+                    target = insert_target(request.sql)
+                    if target is not None and not self._rowid_of(conn, target)[0]:
+                        lastrowid = None
                 return Result(cur.rowcount, lastrowid, rows)
             finally:
                 cur.close()
