@@ -17,10 +17,9 @@ or forgets it. `ThreadTx` covers all of those endings:
   destroys it when the thread ends, in that thread, and its finalizer rolls back.
 - The program drops the connection without commit() or close() (an exception skipped
   them): the connection's finalizer calls `dropped`, in whichever thread frees it,
-  possibly from inside a garbage collection that interrupted anything. Queue mode rolls
-  back there (on the writer thread itself it only asks the writer to expire the
-  session: the writer may hold the session's lock at that very moment); lock mode can
-  roll back only in the owner thread, else the owner's end does it, as above.
+  possibly from inside a garbage collection that interrupted anything, with any lock
+  held. Queue mode rolls back in a thread of its own; lock mode rolls back at once in
+  the owner thread, else at the owner's next call into the store, or its end.
 - The owner idles past `timeout` (queue mode): the writer rolls back on its own; the
   owner learns it at its next call.
 """
@@ -207,19 +206,24 @@ class ThreadTx:
         take a lock that this thread may already hold (see the module docstring).
         """
         self.doomed = "its connection was dropped without commit(), rollback() or close()"
-        engine = self.store._engine
-        here = threading.get_ident()
-        if isinstance(engine, LockEngine):
-            if here == self.owner:  # only the owner can release the store's lock
+        # Whatever happens next, the owner thread is no longer inside this transaction:
+        # its own store calls must not be refused as if it were.
+        self.session.orphaned = True
+        if isinstance(self.store._engine, LockEngine):
+            if threading.get_ident() == self.owner:
                 self.rollback()
+            else:
+                # Only the owner can release the store's lock: its next call into the
+                # store does it (Store._end_dropped_transaction), or its end.
+                self.session.end_orphan = self.rollback
             return
-        if here == engine.thread.ident:
-            # The writer serves this session and may hold its lock right now: let it
-            # roll back the session as soon as anyone waits for the writer.
-            self.session.orphaned = True
-            self.session.idle_timeout = 0.0
-            return
-        self.rollback()
+        # Queue mode: rolling back waits for the session's lock (the writer may hold it,
+        # as may this very thread if it is the writer) and takes the engine's, which
+        # this thread may hold too: a short-lived thread of its own does it.
+        try:
+            threading.Thread(target=self.rollback, name="safestore-dropped", daemon=True).start()
+        except RuntimeError:  # interpreter shutdown: the exit hook closes the store
+            self.session.idle_timeout = 0.0  # or the writer ends it when anyone waits
 
     def abort(self, why: str) -> None:
         """Roll back from another thread (the connection is closing). Never blocks long.

@@ -391,6 +391,7 @@ class TxSession(Request):
         "abandoned",
         "conn",
         "done",
+        "end_orphan",
         "error",
         "expired",
         "granted",
@@ -417,6 +418,9 @@ class TxSession(Request):
         #: The owner's DB-API connection was dropped with this session open: the owner
         #: thread is no longer inside it, even if it is not ended yet.
         self.orphaned = False
+        #: Lock mode: rolls back such a session; the owner thread must call it (only it
+        #: can release the store's lock), at its next call into the store.
+        self.end_orphan: Callable[[], None] | None = None
         self.idle_timeout = idle_timeout
         self.last_used = time.monotonic()
 

@@ -464,12 +464,21 @@ class Store:
         # A session the writer expired still counts until its owner leaves the block; one
         # ended otherwise (by close() from another thread), or whose DB-API connection
         # was dropped, no longer does.
+        self._end_dropped_transaction()
         session: TxSession | None = getattr(self._tx_local, "session", None)
         return (
             session is not None
             and not session.orphaned
             and (not session.done.is_set() or session.expired)
         )
+
+    def _end_dropped_transaction(self) -> None:
+        """Lock mode: roll back this thread's transaction whose DB-API connection another
+        thread dropped. Only this thread can release the store's lock it holds."""
+        session: TxSession | None = getattr(self._tx_local, "session", None)
+        if session is not None and session.end_orphan is not None:
+            end, session.end_orphan = session.end_orphan, None
+            end()
 
     def _detach_after_fork(self) -> tuple[Any, ...]:
         """In a forked child: never finalize this store, close the inherited connections
@@ -493,6 +502,7 @@ class Store:
         return self._generation != _lifecycle.fork_generation
 
     def _check_usable(self) -> None:
+        self._end_dropped_transaction()
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
         if self._forked():

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Worker, db_path
+from tests.conftest import SCHEMA, WAIT, Worker, db_path, in_thread
 
 import safestore
 from safestore import dbapi
@@ -115,6 +115,13 @@ def test_dead_thread_transaction_is_rolled_back(
     assert any("ended without commit" in r.getMessage() for r in caplog.records)
 
 
+def join_rollbacks_of_dropped_connections() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "safestore-dropped":
+            thread.join(WAIT)
+            assert not thread.is_alive()
+
+
 def test_dropped_connection_rolls_back_its_transaction(
     tmp_path: Path, backend: str, mode: str
 ) -> None:
@@ -137,6 +144,8 @@ def test_dropped_connection_rolls_back_its_transaction(
     with pytest.warns(ResourceWarning, match="never closed"):
         with pytest.raises(ValueError):
             save("bad")
+        gc.collect()
+        join_rollbacks_of_dropped_connections()  # queue mode rolls back in a thread
         gc.collect()
     started = time.monotonic()
     save("good")
@@ -166,13 +175,67 @@ def test_connection_dropped_by_another_thread(tmp_path: Path, backend: str, mode
         assert wrote.wait(WAIT)
         shared.clear()  # dropped here, in the main thread
         gc.collect()
-        if mode == "queue":  # rolled back already: the writer is free
+        if mode == "queue":  # rolled back without the owner: the writer is free
             store.insert("t", {"v": "while the owner lives"})
         leave.set()
         worker.join()
         store.insert("t", {"v": "after"})
         expected = ["after", "while the owner lives"] if mode == "queue" else ["after"]
         assert sorted(r[0] for r in store.query("SELECT v FROM t")) == expected
+    finally:
+        store.close()
+
+
+def test_owner_goes_on_after_another_thread_dropped_its_connection(
+    tmp_path: Path, backend: str, mode: str
+) -> None:
+    """The owner of a transaction whose connection another thread dropped is not stuck
+    inside it: its next store calls work (lock mode rolls back there, the only thread
+    that can release the store's lock), and nothing of the transaction is kept."""
+    store = safestore.Store(
+        db_path(tmp_path, backend), backend=backend, mode=mode, setup=SCHEMA, timeout=WAIT
+    )
+    try:
+        shared = {"conn": dbapi.connect(store)}
+        shared["conn"].execute("INSERT INTO t (v) VALUES ('dropped')")  # this thread's
+
+        def drop() -> None:
+            shared.clear()
+            gc.collect()
+
+        Worker(drop).join()
+        store.insert("t", {"v": "after"})
+        assert in_thread(lambda: store.query("SELECT v FROM t")) == [("after",)]
+        with dbapi.connect(store) as again:  # a new transaction of this thread
+            again.execute("INSERT INTO t (v) VALUES ('again')")
+        store.close(timeout=WAIT)
+    finally:
+        store.close()
+    with safestore.Store(store.path, backend=backend) as reopened:
+        assert sorted(r[0] for r in reopened.query("SELECT v FROM t")) == ["after", "again"]
+
+
+def test_dropped_connection_collected_while_its_thread_holds_the_engine_lock(
+    tmp_path: Path, backend: str
+) -> None:
+    """Queue mode: a collection can free a dropped connection while the collecting
+    thread holds the engine's lock (say, inside a store call). Rolling back from there
+    would wait for that lock forever; it happens in a thread of its own instead."""
+    store = safestore.Store(db_path(tmp_path, backend), backend=backend, setup=SCHEMA)
+    try:
+        conn = dbapi.connect(store)
+        conn.execute("INSERT INTO t (v) VALUES ('dropped')")
+        cycle: list[Any] = [conn, None]
+        cycle[1] = cycle  # freed only by a collection
+        del conn, cycle
+
+        def collect_under_the_lock() -> None:
+            with store._engine.state.lock:  # type: ignore[union-attr]
+                gc.collect()
+
+        Worker(collect_under_the_lock).join()
+        store.insert("t", {"v": "after"})
+        assert store.query("SELECT v FROM t") == [("after",)]
     finally:
         store.close()
 
