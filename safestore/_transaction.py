@@ -76,7 +76,7 @@ class Transaction:
 
     def _write(self, req: Request) -> Result:
         self.writes += 1
-        result: Result = self._use(lambda conn: self._backend.apply(conn, req))
+        result: Result = self._use(lambda conn: self._backend.apply_in_block(conn, req))
         return result
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Result:

@@ -308,7 +308,7 @@ def test_failed_statement_inside_transaction_raises_engine_error(store: safestor
     assert store.query("SELECT v FROM t") == [("a",)]
 
 
-@pytest.mark.parametrize("call", ["insert", "executemany"])
+@pytest.mark.parametrize("call", ["insert", "executemany", "execute"])
 def test_failed_call_inside_transaction_leaves_none_of_its_rows(
     store: safestore.Store, call: str
 ) -> None:
@@ -326,12 +326,36 @@ def test_failed_call_inside_transaction_leaves_none_of_its_rows(
             with pytest.raises(safestore.IntegrityError):
                 if call == "insert":
                     tx.insert("t", [{"v": v} for v in values])
-                else:
+                elif call == "executemany":
                     tx.executemany("INSERT INTO t (v) VALUES (?)", [(v,) for v in values])
+                else:  # one statement, which SQLite's FAIL leaves half done
+                    verb = "INSERT OR FAIL" if sqlite else "INSERT"
+                    tx.execute(f"{verb} INTO t (v) VALUES ('x1'), ('x2'), ('taken')")
             if sqlite:
                 assert tx.query("SELECT count(*) FROM t") == [(2,)]
     expected = ["kept", "taken"] if sqlite else ["taken"]
     assert sorted(r[0] for r in store.query("SELECT v FROM t")) == expected
+
+
+@pytest.mark.parametrize("fails", ["conflict clause", "trigger"])
+def test_insert_the_engine_fails_part_way_inside_transaction_leaves_nothing(
+    tmp_path: Path, mode: str, fails: str
+) -> None:
+    """SQLite's FAIL (a table's ON CONFLICT FAIL, a trigger's RAISE(FAIL)) keeps the rows
+    a statement inserted before the failing one: a tx.insert() of one statement must
+    still leave none of them in the block."""
+    schema = {
+        "conflict clause": "CREATE TABLE f (x INTEGER UNIQUE ON CONFLICT FAIL)",
+        "trigger": "CREATE TABLE f (x INTEGER);"
+        "CREATE TRIGGER no3 BEFORE INSERT ON f WHEN NEW.x = 3"
+        " BEGIN SELECT RAISE(FAIL, 'no 3'); END;",
+    }[fails]
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        with store.transaction() as tx:
+            tx.insert("f", {"x": 3 if fails == "conflict clause" else 0})
+            with pytest.raises(safestore.DatabaseError):
+                tx.insert("f", [{"x": 1}, {"x": 2}, {"x": 3}])
+        assert store.query("SELECT x FROM f") == [(3 if fails == "conflict clause" else 0,)]
 
 
 @pytest.mark.parametrize("clause", ["conflict", "raise"])

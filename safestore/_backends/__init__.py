@@ -98,6 +98,11 @@ class Backend(Protocol):
         owner, who decides what to do.
         """
 
+    def apply_in_block(self, conn: Any, request: Request) -> Any:
+        """`apply` for a call made through a `transaction()` block's `tx`: a call that
+        fails leaves nothing of itself in the block, which stays open (on engines that
+        keep a transaction open after a failed statement)."""
+
     def restore_after_read(self, conn: Any) -> None:
         """Put the writer connection back in its writing state after a shared read that
         close() interrupted: the interrupt may have hit the read's own cleanup (SQLite's
@@ -126,6 +131,7 @@ ENGINE_CALLS = (
     "in_transaction",
     "is_closed",
     "apply",
+    "apply_in_block",
     "read",
     "restore_after_read",
 )

@@ -383,6 +383,10 @@ class DuckDBBackend(GroupCommit):
             self._failure.setdefault(id(conn), exc)
             raise
 
+    def apply_in_block(self, conn: Any, request: Request) -> Any:
+        # A failed statement aborts DuckDB's whole transaction: nothing to isolate.
+        return self.apply(conn, request)
+
     # --- reads -----------------------------------------------------------------------
 
     def read(self, conn: Any, sql: str, params: Any, *, shared: bool) -> list[tuple[Any, ...]]:

@@ -517,6 +517,12 @@ class SQLiteBackend:
         except BIND_ERRORS as exc:  # a value sqlite3 cannot bind
             raise bind_error(exc) from None
 
+    def apply_in_block(self, conn: Any, request: Request) -> Any:
+        # Even one statement can fail part-way (ON CONFLICT FAIL, RAISE(FAIL) keep the
+        # rows before the failing one), and in a group only the request's savepoint
+        # or transaction hides that: here a savepoint of its own does.
+        return _all_or_nothing(conn, lambda: self.apply(conn, request))
+
     def _apply_statement(self, conn: Any, request: Request) -> Any:
         if isinstance(request, Insert):
             return self._insert_alone(conn, request)
@@ -545,7 +551,7 @@ class SQLiteBackend:
             _refuse_transaction_control(request.sql)
             if may_change_schema(request.sql):  # sqlite3 runs DDL here too
                 self._forget_schema()
-            return _all_or_nothing(conn, lambda: _execute_many(conn, request))
+            return _execute_many(conn, request)
         if isinstance(request, Flush):
             return None
         raise TypeError(f"the SQLite backend cannot apply {type(request).__name__}")
@@ -562,21 +568,15 @@ class SQLiteBackend:
             inserted = cur.rowcount
             return Result(inserted, (cur.lastrowid or None) if inserted > 0 and has_rowid else None)
         per_stmt = self._rows_per_statement(len(req.columns))
-
-        def insert_chunks() -> Result:
-            inserted, lastrowid = 0, None
-            for start in range(0, len(rows), per_stmt):
-                chunk = rows[start : start + per_stmt]
-                sql = _insert_sql(req.table, req.columns, len(chunk), "")
-                cur = conn.execute(sql, [v for row in chunk for v in row])
-                if cur.rowcount > 0:
-                    inserted += cur.rowcount
-                    lastrowid = (cur.lastrowid or None) if has_rowid else None
-            return Result(inserted, lastrowid)
-
-        if len(rows) <= per_stmt:  # one statement: atomic on its own
-            return insert_chunks()
-        return _all_or_nothing(conn, insert_chunks)
+        inserted, lastrowid = 0, None
+        for start in range(0, len(rows), per_stmt):
+            chunk = rows[start : start + per_stmt]
+            sql = _insert_sql(req.table, req.columns, len(chunk), "")
+            cur = conn.execute(sql, [v for row in chunk for v in row])
+            if cur.rowcount > 0:
+                inserted += cur.rowcount
+                lastrowid = (cur.lastrowid or None) if has_rowid else None
+        return Result(inserted, lastrowid)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -624,13 +624,7 @@ def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
 
 
 def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
-    """Run `fn`, whose statements must land together, inside a savepoint of its own.
-
-    One statement is atomic by itself; several (executemany, an insert in chunks) are
-    not. In a group commit the request's own savepoint covers them, but inside a
-    transaction() block a call that failed part-way would leave its first rows in the
-    block, to be committed with it if the caller carries on.
-    """
+    """Run `fn`, whose changes must land together or not at all, in a savepoint."""
     conn.execute("SAVEPOINT safestore_call")
     try:
         value = fn()
