@@ -248,6 +248,72 @@ def test_insert_rowids_follow_schema_changes(tmp_path: Path, mode: str) -> None:
         assert store.insert("t", {"k": "c"}).lastrowid == 1
 
 
+def test_insert_rowids_follow_schema_changes_made_elsewhere(tmp_path: Path, mode: str) -> None:
+    """Another connection (here a plain sqlite3 one, as another process would) turns a
+    view into a table, then gives the table a column named rowid: insert() reports the
+    real rowids all along, merged or not."""
+    path = db_path(tmp_path, "sqlite")
+    schema = (
+        "CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT);"
+        "CREATE VIEW x AS SELECT v AS k FROM r;"
+        "CREATE TRIGGER xi INSTEAD OF INSERT ON x BEGIN INSERT INTO r (v) VALUES (NEW.k); END;"
+    )
+
+    def change(script: str) -> None:
+        other = sqlite3.connect(path)
+        try:
+            other.executescript(script)
+        finally:
+            other.close()
+
+    def insert_some(values: str) -> list[int | None]:
+        if mode == "lock":  # one insert after another
+            return [store.insert("x", {"k": v}).lastrowid for v in values]
+        # Queue mode: merged into one statement. The writer is held by a transaction
+        # block (not by a run() function, after which nothing of the schema is assumed).
+        entered, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with store.transaction():
+                entered.set()
+                assert release.wait(WAIT)
+
+        holder = Worker(hold)
+        assert entered.wait(WAIT)
+        futures = [store.insert("x", {"k": v}, wait=False) for v in values]
+        release.set()
+        holder.join()
+        return [f.result(WAIT).lastrowid for f in futures]
+
+    def rowids(values: str) -> list[int]:
+        marks = ",".join("?" * len(values))
+        found = store.query(f"SELECT _rowid_ FROM x WHERE k IN ({marks}) ORDER BY k", tuple(values))
+        return [r[0] for r in found]
+
+    with safestore.Store(path, mode=mode, setup=schema) as store:
+        assert store.insert("x", {"k": "a"}).lastrowid is None  # a view
+        change("DROP VIEW x; CREATE TABLE x (k TEXT);")
+        assert insert_some("bcd") == rowids("bcd")
+        assert store.insert("x", {"k": "e"}).lastrowid == rowids("e")[0]
+        change("ALTER TABLE x ADD COLUMN rowid INTEGER DEFAULT 777;")
+        assert insert_some("fgh") == rowids("fgh")
+
+
+def test_merged_inserts_into_a_virtual_table_report_its_rowids(tmp_path: Path, mode: str) -> None:
+    """SQLite's RETURNING gives -1 for a virtual table's rowids (FTS5 here): inserts
+    into one are not merged that way, and each caller gets its row's real rowid."""
+    path = db_path(tmp_path, "sqlite")
+    with safestore.Store(
+        path, mode=mode, setup="CREATE VIRTUAL TABLE doc USING fts5(body)"
+    ) as store:
+        assert store.insert("doc", {"body": "first"}).lastrowid == 1
+        gate, held = freeze(store)
+        futures = [store.insert("doc", {"body": b}, wait=False) for b in ("x", "y", "z")]
+        gate.release()
+        assert held.result(WAIT) == "held"
+        assert [f.result(WAIT).lastrowid for f in futures] == [2, 3, 4]
+
+
 def test_writes_keep_each_threads_order(store: safestore.Store) -> None:
     """Writes run in the order each thread issued them."""
 

@@ -20,6 +20,7 @@ import functools
 import itertools
 import logging
 import pathlib
+import re
 import sqlite3
 import time
 import urllib.parse
@@ -128,6 +129,7 @@ class SQLiteBackend:
         # can read the rowids; and the tables that merged inserts must leave alone.
         self._rowids: dict[str, tuple[bool, str]] = {}
         self._unmerged: set[str] = set()
+        self._schema_version: int | None = None  # of the schema those facts describe
         self._max_vars = 999  # SQLITE_LIMIT_VARIABLE_NUMBER, read at connect
 
     # --- connections ---------------------------------------------------------------
@@ -419,7 +421,7 @@ class SQLiteBackend:
         if len(run) == 1:
             return [self._isolated(conn, run[0])]
         table = run[0].table
-        has_rowid, returning = self._rowid_of(conn, table)
+        has_rowid, returning = self._rowid_of(conn, table, merging=True)
         if not (_RETURNING and has_rowid and returning) or table in self._unmerged:
             return [self._isolated(conn, req) for req in run]
         conn.execute("SAVEPOINT safestore_merge")
@@ -451,19 +453,33 @@ class SQLiteBackend:
             (req, Result(len(req.rows), rid), None) for req, rid in zip(run, last_ids, strict=True)
         ]
 
-    def _rowid_of(self, conn: Any, table: str) -> tuple[bool, str]:
+    def _rowid_of(self, conn: Any, table: str, *, merging: bool = False) -> tuple[bool, str]:
         """(whether inserts into `table` report their rowid, a name that selects it)."""
         known = self._rowids.get(table)
+        if known is not None and (merging or not known[0]):
+            # Another connection (process) may have changed the schema since: check
+            # before a fact changes what is done, a merge or a rowid withheld. (An
+            # insert into a table known to have rowids just reports the engine's.)
+            self._check_schema(conn)
+            known = self._rowids.get(table)
         if known is None:
+            self._check_schema(conn)  # the version the new fact describes
             known = _probe_rowid(conn, table)
             if known is None:  # no such table (yet): ask again next time
                 return (True, "")
             self._rowids[table] = known
         return known
 
+    def _check_schema(self, conn: Any) -> None:
+        version = conn.execute("PRAGMA schema_version").fetchone()[0]
+        if version != self._schema_version:
+            self._forget_schema()
+            self._schema_version = version
+
     def _forget_schema(self) -> None:
         self._rowids.clear()
         self._unmerged.clear()
+        self._schema_version = None
 
     def _merged_insert(
         self, conn: Any, run: Sequence[Insert], returning: str
@@ -597,10 +613,11 @@ class SQLiteBackend:
 
 # The kind of a name as an unqualified name resolves it: temp first, then main.
 _KIND_SQL = (
-    "SELECT type FROM sqlite_temp_master WHERE name = ?1 AND type IN ('table', 'view') "
+    "SELECT type, sql FROM sqlite_temp_master WHERE name = ?1 AND type IN ('table', 'view') "
     "UNION ALL "
-    "SELECT type FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')"
+    "SELECT type, sql FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')"
 )
+_VIRTUAL = re.compile(r"\s*create\s+virtual\b", re.IGNORECASE)
 
 
 def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
@@ -614,6 +631,8 @@ def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
     kind = conn.execute(_KIND_SQL, (raw,)).fetchone()
     if kind is not None and kind[0] == "view":
         return (False, "")  # an INSTEAD OF trigger's inserts do not set it for the caller
+    if kind is not None and _VIRTUAL.match(kind[1] or ""):
+        return (True, "")  # RETURNING gives -1 for its rowids: never merge into it
     alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in names), "")
     if alias:
         try:
