@@ -52,6 +52,11 @@ class Rows(list[tuple[Any, ...]]):
         super().__init__(rows)
         self.description = description
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled and deep-copied as the plain list it is to callers: a description may
+        # hold engine objects that cannot be pickled (DuckDB's column types).
+        return (list, (list(self),))
+
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -166,6 +168,18 @@ def test_wait_false_returns_future(store: safestore.Store) -> None:
     bad = store.insert("t", {"v": "a"}, wait=False)
     assert isinstance(bad.exception(WAIT), safestore.IntegrityError)
     assert store.run(lambda conn: 42, wait=False).result(WAIT) == 42
+
+
+def test_query_results_pickle_and_copy_as_plain_lists(store: safestore.Store) -> None:
+    """Rows go to other processes (pickle) and copies like any list of tuples, on every
+    engine, from query() and from a transaction's tx.query()."""
+    store.insert("t", {"v": "a", "n": 1})
+    rows = store.query("SELECT v, n FROM t")
+    with store.transaction() as tx:
+        in_block = tx.query("SELECT v, n FROM t")
+    for got in (rows, in_block):
+        assert pickle.loads(pickle.dumps(got)) == [("a", 1)]
+        assert copy.deepcopy(got) == [("a", 1)] and copy.copy(got) == [("a", 1)]
 
 
 def test_query_one(store: safestore.Store) -> None:
