@@ -54,8 +54,9 @@ class Stats:
         writes_accepted: write calls accepted (queued, or run in lock mode).
         writes_committed: write calls whose work committed.
         writes_failed: write calls that raised (their own error or a failed commit).
-        commits: transactions committed (one per group commit in queue mode).
-        largest_batch: most write calls committed by one transaction.
+        commits: batches committed (one per group commit in queue mode; a failed write
+            can make the engine commit a batch in several transactions).
+        largest_batch: most write calls committed in one batch.
         queue_depth: requests waiting for the writer right now.
         read_connections: open per-thread read connections.
     """
