@@ -402,6 +402,26 @@ def test_failure_isolation_inside_one_group(store: safestore.Store) -> None:
         assert after.largest_batch >= len(futs) - 4
 
 
+def test_insert_of_a_column_the_table_lacks_raises_the_binder_error(
+    store: safestore.Store,
+) -> None:
+    """insert() names a bad column with the engine error execute("INSERT ...") gets (the
+    appender words it differently), alone or among other callers' inserts."""
+    with pytest.raises(duckdb.BinderException) as plain:
+        store.execute("INSERT INTO t (nope) VALUES (1)")
+    with pytest.raises(duckdb.BinderException) as alone:
+        store.insert("t", {"nope": 1})
+    assert isinstance(alone.value, safestore.ProgrammingError)
+    assert str(alone.value) == str(plain.value)
+    gate, held = freeze(store)
+    futures = [store.insert("t", row, wait=False) for row in ({"v": "a"}, {"nope": 2}, {"v": "b"})]
+    gate.release()
+    held.result(WAIT)
+    assert isinstance(futures[1].exception(WAIT), duckdb.BinderException)
+    assert futures[0].result(WAIT).rowcount == futures[2].result(WAIT).rowcount == 1
+    assert sorted(r[0] for r in store.query("SELECT v FROM t")) == ["a", "b"]
+
+
 def test_merged_inserts_find_the_culprits(store: safestore.Store) -> None:
     """Of 40 single-row inserts merged into one appender flush, exactly the bad ones fail."""
     store.insert("t", [{"v": "dup1"}, {"v": "dup2"}])

@@ -286,7 +286,14 @@ class GroupCommit:
                 if len(self._appenders) >= _MAX_APPENDERS:
                     self._appenders.clear()
                 columns = [_unquote(c) for c in first.columns]
-                appender = self._appenders[key] = conn.appender(first.table, columns=columns)
+                try:
+                    appender = conn.appender(first.table, columns=columns)
+                except duckdb.InvalidInputException as exc:
+                    # A column the table lacks or generates: the appender words it as
+                    # its own error, where execute("INSERT ...") gets the binder's.
+                    # Raise the binder's, so the same except clause catches both.
+                    raise _binder_error(conn, first) or exc from None
+                self._appenders[key] = appender
             try:
                 # One call for the whole unit: every call into duckdb may give up the
                 # GIL and wait to get it back behind the callers this batch woke.
@@ -301,3 +308,15 @@ class GroupCommit:
                 raise
             return [Result(len(req.rows), None, []) for req in unit]  # type: ignore[attr-defined]
         return [self._apply_one(conn, first)]
+
+
+def _binder_error(conn: Any, req: Insert) -> duckdb.Error | None:
+    """The error the INSERT statement equivalent to `req` gets from the engine as it is
+    planned (nothing runs), or None if it plans."""
+    marks = ",".join("?" * len(req.columns))
+    sql = f"EXPLAIN INSERT INTO {req.table} ({','.join(req.columns)}) VALUES ({marks})"
+    try:
+        conn.execute(sql, list(req.rows[0])).fetchall()
+    except duckdb.Error as err:
+        return err
+    return None
