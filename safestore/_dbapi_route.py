@@ -96,10 +96,12 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
 
 def _open(conn: Connection, kind: Kind) -> ThreadTx:
     """Open the thread's transaction for a statement that needs one."""
-    ttx = conn._begin()
     # A SAVEPOINT that opens the transaction in SQLite (not inside the one sqlite3's
-    # autocommit=False keeps open) commits it when it is released.
-    if kind is Kind.SAVEPOINT and conn._is_sqlite and conn._autocommit is not False:
+    # autocommit=False keeps open, unless an SQL COMMIT ended that) commits it when it
+    # is released.
+    by_savepoint = kind is Kind.SAVEPOINT and conn._is_sqlite and not conn._always_in_tx()
+    ttx = conn._begin()
+    if by_savepoint:
         ttx.savepoints = []
     return ttx
 
@@ -114,6 +116,9 @@ def _follow_savepoints(conn: Connection, ttx: ThreadTx, sql: str) -> None:
     if action is None:
         return
     verb, name = action
+    if name is None:  # the engine ran it, so it has a name, which this could not read:
+        ttx.savepoints = None  # stop following rather than follow wrongly
+        return
     if verb == "savepoint":
         stack.append(name)
         return

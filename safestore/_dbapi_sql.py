@@ -50,10 +50,14 @@ _READ_WORDS = {
     "call",
 }
 _DML_WORDS = {"insert", "update", "delete", "replace"}
-# One token: a keyword or bare name, a quoted name ("x", [x], `x`, 'x'), "." or "(".
+# One token: a keyword or bare name (SQLite takes any character from U+0080 up in
+# one), a quoted name ("x", [x], `x`, 'x'), "." or "(".
 _TOKEN = re.compile(
-    r"""[A-Za-z_][\w$]*|"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|'(?:[^']|'')*'|[.(]"""
+    r"""[A-Za-z_\u0080-\U0010ffff][\w$\u0080-\U0010ffff]*"""
+    r"""|"(?:[^"]|"")*"|\[[^\]]*\]|`(?:[^`]|``)*`|'(?:[^']|'')*'|[.(]"""
 )
+# SQLite folds the case of ASCII letters only, in keywords and names alike.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _PRAGMA_SET = re.compile(r"pragma\s+[\w.]+\s*=", re.IGNORECASE)
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 
@@ -74,7 +78,7 @@ def _tokens(sql: str, most: int) -> list[str]:
         if match is None:
             break
         token = match.group(0)
-        tokens.append(token.lower() if token[0].isalpha() or token[0] == "_" else token)
+        tokens.append(token if token[0] in "\"[`'.(" else token.translate(_ASCII_LOWER))
         pos = match.end()
     return tokens
 
@@ -187,9 +191,10 @@ def is_insert(sql: str) -> bool:
     return match is not None and match.group(0).lower() in ("insert", "replace")
 
 
-def savepoint_action(sql: str) -> tuple[str, str] | None:
+def savepoint_action(sql: str) -> tuple[str, str | None] | None:
     """("savepoint" | "release" | "rollback", name) for SAVEPOINT name, RELEASE
-    [SAVEPOINT] name and ROLLBACK [TRANSACTION] TO [SAVEPOINT] name; else None.
+    [SAVEPOINT] name and ROLLBACK [TRANSACTION] TO [SAVEPOINT] name, with None for a
+    name that cannot be read; None for any other statement.
 
     The name is compared as SQLite compares savepoint names: unquoted, ASCII letters
     in any case.
@@ -197,11 +202,11 @@ def savepoint_action(sql: str) -> tuple[str, str] | None:
     words = _tokens(sql, 6)
     if not words:
         return None
-    if words[0] == "savepoint" and len(words) > 1:
-        return ("savepoint", _name(words[1]))
-    if words[0] == "release" and len(words) > 1:
-        rest = words[2:] if words[1] == "savepoint" and len(words) > 2 else words[1:]
-        return ("release", _name(rest[0]))
+    if words[0] == "savepoint":
+        return ("savepoint", _name(words[1:2]))
+    if words[0] == "release":
+        rest = words[2:] if words[1:2] == ["savepoint"] and len(words) > 2 else words[1:]
+        return ("release", _name(rest[:1]))
     if words[0] == "rollback":
         rest = words[1:]
         if rest[:1] == ["transaction"]:
@@ -211,16 +216,19 @@ def savepoint_action(sql: str) -> tuple[str, str] | None:
         rest = rest[1:]
         if rest[:1] == ["savepoint"] and len(rest) > 1:
             rest = rest[1:]
-        return ("rollback", _name(rest[0])) if rest else None
+        return ("rollback", _name(rest[:1]))
     return None
 
 
-def _name(token: str) -> str:
+def _name(tokens: list[str]) -> str | None:
+    if not tokens or tokens[0] in (".", "("):
+        return None
+    token = tokens[0]
     if token[0] in "\"`'":
         token = token[1:-1].replace(token[0] * 2, token[0])
     elif token[0] == "[":
         token = token[1:-1]
-    return "".join(c.lower() if c.isascii() else c for c in token)
+    return token.translate(_ASCII_LOWER)
 
 
 _SCHEMA_WORDS = frozenset({"create", "drop", "alter", "attach", "detach", "pragma"})

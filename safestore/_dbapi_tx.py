@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._backends._sqlite import makes_rowids
 from ._dbapi_sql import is_insert, starts_with_cte
 from ._locked import LockEngine
 from ._requests import Run, TxSession
@@ -207,16 +208,18 @@ class ThreadTx:
         """
         self.doomed = "its connection was dropped without commit(), rollback() or close()"
         # Whatever happens next, the owner thread is no longer inside this transaction:
-        # its own store calls must not be refused as if it were.
-        self.session.orphaned = True
+        # its own store calls must not be refused as if it were (`orphaned`).
         if isinstance(self.store._engine, LockEngine):
             if threading.get_ident() == self.owner:
                 self.rollback()
-            else:
-                # Only the owner can release the store's lock: its next call into the
-                # store does it (Store._end_dropped_transaction), or its end.
-                self.session.end_orphan = self.rollback
+                return
+            # Only the owner can release the store's lock: its next call into the store
+            # does it (Store._end_dropped_transaction), or its end. Set before
+            # `orphaned`: an owner that sees that one must find this one.
+            self.session.end_orphan = self.rollback
+            self.session.orphaned = True
             return
+        self.session.orphaned = True
         # Queue mode: rolling back waits for the session's lock (the writer may hold it,
         # as may this very thread if it is the writer) and takes the engine's, which
         # this thread may hold too: a short-lived thread of its own does it.
@@ -289,6 +292,8 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
             after = _last_insert_rowid(conn) if many else cur.lastrowid
             if not (upsert or cte) or after != before:
                 lastrowid = after
+            elif cte and not many and makes_rowids(conn, sql, params):
+                lastrowid = after  # a new row that got the same rowid
         return Outcome(rows, description, rowcount, lastrowid, changes)
     finally:
         cur.close()

@@ -403,6 +403,22 @@ def test_failed_call_inside_transaction_leaves_none_of_its_rows(
     assert sorted(r[0] for r in store.query("SELECT v FROM t")) == expected
 
 
+def test_own_savepoints_inside_a_transaction_block(tmp_path: Path, mode: str) -> None:
+    """SQLite: a block's own SAVEPOINT, ROLLBACK TO and RELEASE work through tx.execute
+    (safestore's savepoint around each call must not swallow them)."""
+    with safestore.Store(
+        db_path(tmp_path, "sqlite"), mode=mode, setup="CREATE TABLE s (v)"
+    ) as store:
+        with store.transaction() as tx:
+            tx.insert("s", {"v": "keep"})
+            tx.execute("SAVEPOINT sp")
+            tx.insert("s", {"v": "undone"})
+            tx.execute("ROLLBACK TO sp")
+            tx.insert("s", {"v": "kept too"})
+            tx.execute("RELEASE sp")
+        assert sorted(r[0] for r in store.query("SELECT v FROM s")) == ["keep", "kept too"]
+
+
 @pytest.mark.parametrize("fails", ["conflict clause", "trigger"])
 def test_insert_the_engine_fails_part_way_inside_transaction_leaves_nothing(
     tmp_path: Path, mode: str, fails: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -539,6 +540,9 @@ def test_total_changes_and_lastrowid_follow_sqlite3(conn: dbapi.Connection, back
     assert conn.total_changes == 3
     cur = conn.execute("WITH r(x) AS (VALUES (1)) UPDATE t SET n = 1 WHERE id = 1")
     assert cur.lastrowid == 3  # an update after a CTE inserts nothing
+    cur = conn.execute("WITH r(x) AS (VALUES (0)) DELETE FROM t WHERE id = 3")
+    cur = conn.execute("WITH r(x) AS (VALUES ('c')) INSERT INTO t (v) SELECT x FROM r")
+    assert cur.lastrowid == 3  # a new row, which got the rowid of the one before
     conn.commit()
     conn.executescript(
         "CREATE TABLE audit (v TEXT);"
@@ -546,7 +550,7 @@ def test_total_changes_and_lastrowid_follow_sqlite3(conn: dbapi.Connection, back
     )
     conn.execute("INSERT INTO t (v) VALUES ('d')")
     conn.commit()
-    assert conn.total_changes == 6  # and the row and the trigger's row
+    assert conn.total_changes == 8  # and the row and the trigger's row
     conn.executescript("INSERT INTO t (id, v) VALUES (42, 'e');")
     assert conn.execute("SELECT 1").lastrowid == 42
 
@@ -732,24 +736,44 @@ SAVEPOINT_SCENARIOS = {
     ],
     # Released inside a transaction BEGIN opened: nothing is committed by it.
     "release inside begin": ["BEGIN", "SAVEPOINT sp", "INSERT INTO t VALUES ('a')", "RELEASE sp"],
+    # Names beyond ASCII (SQLite folds the case of ASCII letters only).
+    "names beyond ascii": [
+        "SAVEPOINT üOuter",
+        "INSERT INTO t VALUES ('a')",
+        "SAVEPOINT inner",
+        "RELEASE inner",  # not the first: the transaction goes on
+        "SAVEPOINT [Ωmega]",
+        "INSERT INTO t VALUES ('b')",
+        "RELEASE Ωmega",
+        "RELEASE üouter",  # the first one (O and o are one letter to SQLite)
+    ],
+}
+
+SAVEPOINT_MODES = {
+    "isolation_level DEFERRED": {"isolation_level": "DEFERRED"},
+    "isolation_level None": {"isolation_level": None},
+    "autocommit=False after an SQL COMMIT": {"autocommit": False},
 }
 
 
-@pytest.mark.parametrize("isolation_level", ["DEFERRED", None])
+@pytest.mark.parametrize("txmode", list(SAVEPOINT_MODES))
 @pytest.mark.parametrize("scenario", list(SAVEPOINT_SCENARIOS))
-def test_savepoints_as_in_sqlite3(
-    tmp_path: Path, mode: str, scenario: str, isolation_level: str | None
-) -> None:
+def test_savepoints_as_in_sqlite3(tmp_path: Path, mode: str, scenario: str, txmode: str) -> None:
     """SQL savepoints on the thread's transaction behave as sqlite3's: when each
     statement leaves a transaction open, and what is committed in the end (the
     connection is closed without commit(), which rolls back anything still open)."""
     steps = SAVEPOINT_SCENARIOS[scenario]
+    kwargs = SAVEPOINT_MODES[txmode]
+    if "autocommit" in kwargs and sys.version_info < (3, 12):
+        pytest.skip("sqlite3's autocommit is Python 3.12's")
 
     def run(connect: Callable[..., Any], path: str, script: bool) -> list[Any]:
-        c = connect(path, isolation_level=isolation_level)
+        c = connect(path, **kwargs)
         c.execute("CREATE TABLE t (v TEXT)")
         if c.in_transaction:
             c.commit()
+        if "autocommit" in kwargs:
+            c.execute("COMMIT")  # statements now commit on their own, until commit()
         seen: list[Any] = []
         if script:
             c.executescript(";".join(steps))

@@ -106,6 +106,13 @@ def test_execute_after_a_with_clause_counts_its_rows(store: safestore.Store) -> 
     with store.transaction() as tx:
         res = tx.execute("WITH r(x) AS (VALUES ('c')) INSERT INTO t (v) SELECT x FROM r")
         assert res.rowcount == 1
+    if sqlite:  # a new row whose rowid is the one the connection last reported
+        store.execute("CREATE TABLE other (id INTEGER PRIMARY KEY)")
+        store.execute("INSERT INTO other (id) VALUES (100)")
+        res = store.execute(
+            "WITH r(x) AS (VALUES (100)) INSERT INTO t (id, v) SELECT x, 'd' FROM r"
+        )
+        assert (res.rowcount, res.lastrowid) == (1, 100)
 
 
 def test_executemany_sums_rowcount(store: safestore.Store) -> None:

@@ -32,6 +32,7 @@ from .._dbapi_sql import (
     insert_target,
     is_insert,
     may_change_schema,
+    savepoint_action,
     starts_with_cte,
 )
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
@@ -536,7 +537,11 @@ class SQLiteBackend:
     def apply_in_block(self, conn: Any, request: Request) -> Any:
         # Even one statement can fail part-way (ON CONFLICT FAIL, RAISE(FAIL) keep the
         # rows before the failing one), and in a group only the request's savepoint
-        # or transaction hides that: here a savepoint of its own does.
+        # or transaction hides that: here a savepoint of its own does. Not around the
+        # block's own SAVEPOINT, RELEASE or ROLLBACK TO, which it would undo at once;
+        # they change no rows.
+        if isinstance(request, Execute) and savepoint_action(request.sql) is not None:
+            return self.apply(conn, request)
         return _all_or_nothing(conn, lambda: self.apply(conn, request))
 
     def _apply_statement(self, conn: Any, request: Request) -> Any:
@@ -656,6 +661,14 @@ def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
     return value
 
 
+def makes_rowids(conn: Any, sql: str, params: Any) -> bool:
+    """Whether the statement's program allocates rowids (it inserts into a rowid
+    table). For a statement that changed rows and left the connection's last rowid as
+    it was: an UPDATE or DELETE does that, and so does an insert whose new row happens
+    to get the very rowid an earlier insert reported."""
+    return any(row[1] == "NewRowid" for row in conn.execute(f"EXPLAIN {sql}", params))
+
+
 def _execute_after_cte(conn: Any, request: Execute) -> Result:
     """A statement that starts with WITH: a query, or an INSERT, UPDATE or DELETE whose
     rows sqlite3 does not count (it reports -1). Ask the engine for the count, and for
@@ -670,8 +683,10 @@ def _execute_after_cte(conn: Any, request: Execute) -> Result:
         # then it has changed some (total_changes also counts its triggers' rows).
         if rowcount == -1 and (cur.description is None or conn.total_changes != changes_before):
             rowcount, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
-            lastrowid = rowid if rowcount > 0 and rowid != rowid_before else None
-            return Result(rowcount, lastrowid, rows)
+            inserted = rowcount > 0 and (
+                rowid != rowid_before or makes_rowids(conn, request.sql, request.params)
+            )
+            return Result(rowcount, rowid if inserted else None, rows)
         return Result(rowcount, None, rows)
     finally:
         cur.close()
