@@ -178,6 +178,7 @@ def insert_target(sql: str) -> str | None:
     return '"' + raw.replace('"', '""') + '"'
 
 
+@functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def starts_with_cte(sql: str) -> bool:
     """WITH ...: a query, or an INSERT, UPDATE or DELETE after its common table
     expressions (which sqlite3 does not count as DML)."""
@@ -185,12 +186,14 @@ def starts_with_cte(sql: str) -> bool:
     return match is not None and match.group(0).lower() == "with"
 
 
+@functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def is_insert(sql: str) -> bool:
     """INSERT or REPLACE: the statements after which sqlite3 updates `lastrowid`."""
     match = _WORD.match(_body(sql))
     return match is not None and match.group(0).lower() in ("insert", "replace")
 
 
+@functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def savepoint_action(sql: str) -> tuple[str, str | None] | None:
     """("savepoint" | "release" | "rollback", name) for SAVEPOINT name, RELEASE
     [SAVEPOINT] name and ROLLBACK [TRANSACTION] TO [SAVEPOINT] name, with None for a
@@ -234,6 +237,7 @@ def _name(tokens: list[str]) -> str | None:
 _SCHEMA_WORDS = frozenset({"create", "drop", "alter", "attach", "detach", "pragma"})
 
 
+@functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def may_change_schema(sql: str) -> bool:
     """Whether the statement may change which tables exist or what columns they have
     (by its first keyword; PRAGMA counts, as `writable_schema` and the like can)."""
