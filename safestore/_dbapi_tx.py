@@ -224,9 +224,18 @@ class ThreadTx:
         # as may this very thread if it is the writer) and takes the engine's, which
         # this thread may hold too: a short-lived thread of its own does it.
         try:
-            threading.Thread(target=self.rollback, name="safestore-dropped", daemon=True).start()
+            rollback = threading.Thread(
+                target=self._roll_back_dropped, name="safestore-dropped", daemon=True
+            )
+            rollback.start()
         except RuntimeError:  # interpreter shutdown: the exit hook closes the store
             self.session.idle_timeout = 0.0  # or the writer ends it when anyone waits
+
+    def _roll_back_dropped(self) -> None:
+        try:
+            self.rollback()
+        except Exception:  # nobody to raise to: the program dropped the connection
+            log.debug("rolling back a dropped connection's transaction failed", exc_info=True)
 
     def abort(self, why: str) -> None:
         """Roll back from another thread (the connection is closing). Never blocks long.
