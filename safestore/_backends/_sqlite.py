@@ -618,9 +618,9 @@ class SQLiteBackend:
 
 # The kind of a name as an unqualified name resolves it: temp first, then main.
 _KIND_SQL = (
-    "SELECT type, sql FROM sqlite_temp_master WHERE name = ?1 AND type IN ('table', 'view') "
+    "SELECT type, sql FROM sqlite_temp_master WHERE name = ? AND type IN ('table', 'view') "
     "UNION ALL "
-    "SELECT type, sql FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')"
+    "SELECT type, sql FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')"
 )
 _VIRTUAL = re.compile(r"\s*create\s+virtual\b", re.IGNORECASE)
 
@@ -633,7 +633,7 @@ def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
     names = {r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))}
     if not names:
         return None
-    kind = conn.execute(_KIND_SQL, (raw,)).fetchone()
+    kind = conn.execute(_KIND_SQL, (raw, raw)).fetchone()
     if kind is not None and kind[0] == "view":
         return (False, "")  # an INSTEAD OF trigger's inserts do not set it for the caller
     if kind is not None and _VIRTUAL.match(kind[1] or ""):
