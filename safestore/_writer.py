@@ -482,8 +482,15 @@ class QueueEngine:
                 counters.accepted - counters.committed - counters.failed,
             )
             return
+        progress = self._progress()
         while not self.state.exited.is_set():
             log.warning(stuck + "; waiting for it, as exiting now could abort the process", store)
+            # An interrupt sent before the statement reached the engine is lost (DuckDB
+            # clears it as a query starts): interrupt again while the writer has not
+            # moved since the last look (at first: since close() gave up on it).
+            if self._progress() == progress:
+                self.backend.interrupt(self.conn)
+            progress = self._progress()
             self.state.exited.wait(max(self.timeout, 10.0))
         self.close_connection()
 
