@@ -162,7 +162,7 @@ class Connection:
     @autocommit.setter
     def autocommit(self, value: bool | int) -> None:
         _check_autocommit(value)
-        if value is True and self._autocommit is not True:
+        if value is True:  # commits even when it was True already, as sqlite3 does
             ttx = self._thread_tx()
             if ttx is not None:
                 self._end(ttx, commit=True)

@@ -39,7 +39,7 @@ from ._dbapi_sql import (
     split_duckdb_script,
     split_script,
 )
-from ._dbapi_tx import Outcome, ThreadTx, run_duckdb, run_sqlite
+from ._dbapi_tx import Outcome, ThreadTx, run_duckdb, run_sqlite, run_sqlite_keeping
 from .errors import ReadOnlyError, translate
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
     ttx = conn._thread_tx()
     if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
         return _control(conn, kind, ttx, sql), _rowid(conn)
-    opened = ttx is None and _implicit_begin(conn, kind)
+    opened = ttx is None and _implicit_begin(conn, kind, many)
     if opened:
         ttx = _open(conn, kind)
     if ttx is not None:
@@ -78,6 +78,10 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
         except Exception:
             if opened:
                 _end_if_it_does_not_prepare(conn, ttx, sql, params, many)
+            if ttx.session.lost is not None and conn._autocommit is False:
+                # The engine ended the transaction (INSERT OR ROLLBACK...): as after an
+                # SQL ROLLBACK, statements now commit on their own until commit().
+                conn._local.sql_ended = True
             raise
         _follow_savepoints(conn, ttx, sql)
     elif kind is Kind.READ and not many:
@@ -182,13 +186,14 @@ def _rowid(conn: Connection) -> int | None:
     return rowid
 
 
-def _implicit_begin(conn: Connection, kind: Kind) -> bool:
+def _implicit_begin(conn: Connection, kind: Kind, many: bool) -> bool:
     if kind is Kind.SAVEPOINT:
         return True  # SAVEPOINT outside a transaction opens one, as in SQLite
     if conn._autocommit is True:
         return False
     if conn._autocommit is False:  # after an SQL COMMIT: each statement on its own
-        return kind is not Kind.READ and conn._always_in_tx()
+        # (executemany of a statement that looks like a read, WITH ... INSERT, writes)
+        return (kind is not Kind.READ or many) and conn._always_in_tx()
     return kind is Kind.DML and conn._isolation_level is not None
 
 
@@ -236,7 +241,11 @@ def _write(conn: Connection, sql: str, params: Any, many: bool) -> Outcome:
     """A statement outside any transaction: one write call through group commit."""
     store = conn._store
     if conn._is_sqlite:
-        out: Outcome = store._run_lendable(run_sqlite, sql, params, many)
+        out: Outcome = store._run_lendable(run_sqlite_keeping, sql, params, many)
+        if out.error is not None:  # what it did before failing is committed, as in sqlite3
+            _note(conn, out)
+            new = translate(out.error)
+            raise new from (None if new is out.error else out.error.__cause__)
         return out
     if many:
         return Outcome([], None, store.executemany(sql, params).rowcount)

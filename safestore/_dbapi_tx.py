@@ -58,6 +58,9 @@ class Outcome:
     #: Rows it changed for `total_changes`, those of triggers included (SQLite); None:
     #: as many as `rowcount` says.
     changes: int | None = None
+    #: The statement's error, when the work it did before failing is to be committed
+    #: all the same (see `run_sqlite_keeping`); raised once that is done.
+    error: BaseException | None = None
 
 
 class Token:
@@ -297,7 +300,8 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         rowcount = cur.rowcount
         lastrowid = None
         changes = conn.total_changes - changes_before
-        if (insert and rowcount > 0) or (cte and changes > 0):
+        # executemany of INSERT ... RETURNING counts 0 rows in sqlite3 3.11.
+        if (insert and (rowcount > 0 or (many and changes > 0))) or (cte and changes > 0):
             after = _last_insert_rowid(conn) if many else cur.lastrowid
             if not (upsert or cte) or after != before:
                 lastrowid = after
@@ -306,6 +310,20 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         return Outcome(rows, description, rowcount, lastrowid, changes)
     finally:
         cur.close()
+
+
+def run_sqlite_keeping(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
+    """`run_sqlite` for a statement outside any transaction. There sqlite3 commits
+    what a failing statement did before it failed (the rows executemany inserted
+    before the bad one, those a FAIL conflict kept): the error comes back in the
+    outcome, so that the write call commits that work, and is raised after it."""
+    changes_before = conn.total_changes
+    try:
+        return run_sqlite(conn, sql, params, many)
+    except Exception as exc:
+        if not conn.in_transaction or conn.total_changes == changes_before:
+            raise  # nothing kept (or the engine rolled everything back)
+        return Outcome([], None, -1, None, conn.total_changes - changes_before, exc)
 
 
 def _last_insert_rowid(conn: Any) -> int:

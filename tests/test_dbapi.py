@@ -795,3 +795,79 @@ def test_savepoints_as_in_sqlite3(tmp_path: Path, mode: str, scenario: str, txmo
         name = f"{'script' if script else 'steps'}.db"
         expected = run(sqlite3.connect, str(tmp_path / f"raw-{name}"), script)
         assert run(ours, str(tmp_path / f"ours-{name}"), script) == expected, script
+
+
+AUTOCOMMIT_EDGES: dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]] = {
+    # Outside a transaction sqlite3 commits the rows before the one that fails.
+    "executemany outside a transaction": (
+        {"isolation_level": None},
+        [("many", "INSERT INTO t (id, v) VALUES (?, ?)", [(1, "ok"), (2, None), (3, "ok")])],
+    ),
+    "executemany of WITH ... INSERT, autocommit=False": (
+        {"autocommit": False},
+        [
+            (
+                "many",
+                "WITH r(x) AS (VALUES (?)) INSERT INTO t (id, v) SELECT x, 'w' FROM r",
+                [(1,), (2,)],
+            ),
+            ("rollback",),
+        ],
+    ),
+    "autocommit=True set again": (
+        {"autocommit": True},
+        [("one", "BEGIN"), ("one", "INSERT INTO t (id, v) VALUES (1, 'x')"), ("autocommit",)],
+    ),
+    "a ROLLBACK conflict, autocommit=False": (
+        {"autocommit": False},
+        [
+            ("one", "INSERT INTO t (id, v) VALUES (1, 'a')"),
+            ("commit",),
+            ("one", "INSERT OR ROLLBACK INTO t (id, v) VALUES (1, 'dup')"),
+            ("one", "INSERT INTO t (id, v) VALUES (2, 'kept')"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("edge", list(AUTOCOMMIT_EDGES))
+def test_transaction_edges_as_in_sqlite3(tmp_path: Path, mode: str, edge: str) -> None:
+    """Corners of sqlite3's transaction handling, compared step by step with sqlite3:
+    the error, in_transaction and total_changes after each step, and what is committed
+    once the connection is closed without commit()."""
+    kwargs, steps = AUTOCOMMIT_EDGES[edge]
+    if "autocommit" in kwargs and sys.version_info < (3, 12):
+        pytest.skip("sqlite3's autocommit is Python 3.12's")
+
+    def run(connect: Callable[..., Any], path: str) -> list[Any]:
+        setup = sqlite3.connect(path)
+        setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        setup.commit()
+        setup.close()
+        c = connect(path, **kwargs)
+        seen: list[Any] = []
+        for step in steps:
+            try:
+                if step[0] == "many":
+                    c.executemany(step[1], step[2])
+                elif step[0] == "one":
+                    c.execute(step[1])
+                elif step[0] == "autocommit":
+                    c.autocommit = True
+                else:
+                    getattr(c, step[0])()
+                error = None
+            except sqlite3.Error as exc:
+                error = type(exc).__name__
+            seen.append((error, c.in_transaction, c.total_changes))
+        c.close()
+        check = sqlite3.connect(path)
+        seen.append(check.execute("SELECT id, v FROM t ORDER BY id").fetchall())
+        check.close()
+        return seen
+
+    expected = run(sqlite3.connect, str(tmp_path / "raw.db"))
+    ours = run(
+        lambda p, **kw: dbapi.connect(p, mode=mode, timeout=WAIT, **kw), str(tmp_path / "ours.db")
+    )
+    assert ours == expected
