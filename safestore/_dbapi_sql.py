@@ -83,11 +83,6 @@ def _tokens(sql: str, most: int) -> list[str]:
     return tokens
 
 
-def _rolls_back_to(sql: str) -> bool:
-    words = _tokens(sql, 3)
-    return words[1:2] == ["to"] or words[1:3] == ["transaction", "to"]
-
-
 def classify(sql: str) -> Kind:
     """Sort one statement by its first keyword (the way sqlite3 does)."""
     body = _body(sql)
@@ -104,7 +99,7 @@ def classify(sql: str) -> Kind:
     if word in ("commit", "end"):
         return Kind.COMMIT
     if word == "rollback":
-        return Kind.OTHER if _rolls_back_to(body) else Kind.ROLLBACK
+        return Kind.OTHER if savepoint_action(body) is not None else Kind.ROLLBACK
     if word == "abort":
         return Kind.ROLLBACK
     if word == "savepoint":
@@ -167,15 +162,9 @@ def insert_target(sql: str) -> str | None:
     if words[:1] != ["into"] or len(words) < 2:
         return None
     name = words[1]
-    if words[2:3] == ["."] or name in (".", "("):
+    if words[2:3] == ["."] or name in (".", "(") or name[0] == "'":
         return None
-    if name[0] in '"`[':
-        raw = name[1:-1] if name[0] == "[" else name[1:-1].replace(name[0] * 2, name[0])
-    elif name[0] == "'":
-        return None
-    else:
-        raw = name
-    return '"' + raw.replace('"', '""') + '"'
+    return '"' + _unquoted(name).replace('"', '""') + '"'
 
 
 @functools.lru_cache(maxsize=256)  # texts repeat; run on every write
@@ -226,12 +215,16 @@ def savepoint_action(sql: str) -> tuple[str, str | None] | None:
 def _name(tokens: list[str]) -> str | None:
     if not tokens or tokens[0] in (".", "("):
         return None
-    token = tokens[0]
+    return _unquoted(tokens[0]).translate(_ASCII_LOWER)
+
+
+def _unquoted(token: str) -> str:
+    """A name token as SQLite reads it: without its quotes ("x", [x], `x`, 'x')."""
     if token[0] in "\"`'":
-        token = token[1:-1].replace(token[0] * 2, token[0])
-    elif token[0] == "[":
-        token = token[1:-1]
-    return token.translate(_ASCII_LOWER)
+        return token[1:-1].replace(token[0] * 2, token[0])
+    if token[0] == "[":
+        return token[1:-1]
+    return token
 
 
 _SCHEMA_WORDS = frozenset({"create", "drop", "alter", "attach", "detach", "pragma"})

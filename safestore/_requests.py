@@ -465,6 +465,11 @@ def quote_identifier(name: object, what: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def unquote_identifier(quoted: str) -> str:
+    """The name `quote_identifier` quoted (for APIs that take names as they are)."""
+    return quoted[1:-1].replace('""', '"')
+
+
 class _Shape(NamedTuple):
     """What `build_insert` needs for one (table, keys): names validated and quoted."""
 

@@ -44,7 +44,16 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
+from .._requests import (
+    Execute,
+    ExecuteMany,
+    Flush,
+    Insert,
+    Request,
+    Result,
+    Run,
+    unquote_identifier,
+)
 from ..errors import ProgrammingError, translate
 from . import Outcome
 from ._duckdb_guard import analyzed
@@ -59,11 +68,6 @@ _MAX_APPENDERS = 64
 
 # A merged insert unit is a tuple of Insert requests; any other unit holds one request.
 Unit = tuple[Request, ...]
-
-
-def _unquote(name: str) -> str:
-    """The appender takes column names unquoted; `build_insert` gives them quoted."""
-    return name[1:-1].replace('""', '"')
 
 
 class GroupCommit:
@@ -285,7 +289,8 @@ class GroupCommit:
             if appender is None:
                 if len(self._appenders) >= _MAX_APPENDERS:
                     self._appenders.clear()
-                columns = [_unquote(c) for c in first.columns]
+                # The appender takes column names unquoted; `build_insert` quotes them.
+                columns = [unquote_identifier(c) for c in first.columns]
                 try:
                     appender = conn.appender(first.table, columns=columns)
                 except duckdb.InvalidInputException as exc:

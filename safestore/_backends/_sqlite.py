@@ -35,7 +35,16 @@ from .._dbapi_sql import (
     savepoint_action,
     starts_with_cte,
 )
-from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Run
+from .._requests import (
+    Execute,
+    ExecuteMany,
+    Flush,
+    Insert,
+    Request,
+    Result,
+    Run,
+    unquote_identifier,
+)
 from ..errors import (
     BIND_ERRORS,
     ProgrammingError,
@@ -629,7 +638,7 @@ def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
     """Whether inserts into `table` (quoted) report their rowid, and a name that selects
     it (the first of SQLite's three aliases that no column shadows, "" if all are), or
     None if no such table or view exists."""
-    raw = table[1:-1].replace('""', '"')
+    raw = unquote_identifier(table)
     names = {r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))}
     if not names:
         return None
