@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._dbapi_sql import is_empty
 from ._dbapi_tx import Outcome
 from ._forksafe import gate
 
@@ -105,7 +106,8 @@ class Cursor:
         except BaseException:
             self._set(None, self._lastrowid)
             raise
-        self._set(out, lastrowid)
+        # With nothing to run (only comments or ";"), sqlite3 leaves lastrowid alone.
+        self._set(out, self._lastrowid if is_empty(sql) else lastrowid)
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
@@ -124,8 +126,9 @@ class Cursor:
     def executescript(self, sql_script: str, /) -> Cursor:
         """Run several statements (sqlite3's executescript, same transaction rules)."""
         self._check()
+        # sqlite3 leaves the cursor as it was: rowcount, description, lastrowid and the
+        # rows a query before it left to fetch.
         self._connection._executescript(sql_script)
-        self._set(None, self._lastrowid)
         return self
 
     # --- fetching -------------------------------------------------------------------

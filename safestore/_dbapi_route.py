@@ -34,6 +34,7 @@ from ._dbapi_sql import (
     Kind,
     check_control,
     classify,
+    engine_text,
     has_returning,
     savepoint_action,
     split_duckdb_script,
@@ -58,6 +59,16 @@ def _runner(conn: Connection) -> Callable[..., Outcome]:
     return run_sqlite if conn._is_sqlite else run_duckdb
 
 
+def _raise_kept(conn: Connection, out: Outcome) -> Outcome:
+    """`out`, unless its statement failed after changing rows that stay (see
+    `run_sqlite_keeping`): then count those, and raise the statement's error."""
+    if out.error is None:
+        return out
+    _note(conn, out)
+    new = translate(out.error)
+    raise new from (None if new is out.error else out.error.__cause__)
+
+
 def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Outcome, int | None]:
     """Run one statement for the calling thread; returns (outcome, cursor lastrowid)."""
     conn._check_open()
@@ -73,8 +84,10 @@ def execute(conn: Connection, sql: str, params: Any, *, many: bool) -> tuple[Out
     if opened:
         ttx = _open(conn, kind)
     if ttx is not None:
+        runner = run_sqlite_keeping if conn._is_sqlite else run_duckdb
         try:
-            out = ttx.run(_runner(conn), sql, params, many, write=kind is not Kind.READ)
+            out = ttx.run(runner, sql, params, many, write=kind is not Kind.READ)
+            out = _raise_kept(conn, out)  # rows kept stay in the transaction, as in sqlite3
         except Exception:
             if opened:
                 _end_if_it_does_not_prepare(conn, ttx, sql, params, many)
@@ -156,7 +169,7 @@ def _end_if_it_does_not_prepare(
     else:
         probe = (params[0] if params else ()) if many else params
         try:
-            ttx.run(_runner(conn), f"EXPLAIN {sql}", probe, False, write=False)
+            ttx.run(_runner(conn), f"EXPLAIN {engine_text(sql)}", probe, False, write=False)
             prepares = True
         except Exception as exc:
             # An SQLite error (OperationalError) is the statement's preparation; sqlite3's
@@ -241,12 +254,8 @@ def _write(conn: Connection, sql: str, params: Any, many: bool) -> Outcome:
     """A statement outside any transaction: one write call through group commit."""
     store = conn._store
     if conn._is_sqlite:
-        out: Outcome = store._run_lendable(run_sqlite_keeping, sql, params, many)
-        if out.error is not None:  # what it did before failing is committed, as in sqlite3
-            _note(conn, out)
-            new = translate(out.error)
-            raise new from (None if new is out.error else out.error.__cause__)
-        return out
+        # What it did before failing is committed, as in sqlite3.
+        return _raise_kept(conn, store._run_lendable(run_sqlite_keeping, sql, params, many))
     if many:
         return Outcome([], None, store.executemany(sql, params).rowcount)
     if has_returning(sql) or ";" in sql.strip().rstrip(";") or classify(sql) is not Kind.DML:

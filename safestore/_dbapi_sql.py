@@ -34,6 +34,8 @@ class Kind(enum.Enum):
 
 # Leading whitespace and comments, as sqlite3 skips them before looking at the keyword.
 _LEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*", re.DOTALL)
+# ... and empty statements (";"), which the engine skips too before the one it runs.
+_STATEMENT_LEAD = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$)|;)*", re.DOTALL)
 _WORD = re.compile(r"[A-Za-z_]+")
 _READ_WORDS = {
     "select",
@@ -63,14 +65,29 @@ _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 
 
 def _body(sql: str) -> str:
+    """`sql` from its first word on, as sqlite3 looks at it (for its implicit BEGIN)."""
     match = _LEAD.match(sql)
     return sql[match.end() :] if match else sql
 
 
+def engine_text(sql: str) -> str:
+    """`sql` from the statement the engine runs on: past empty statements too."""
+    match = _STATEMENT_LEAD.match(sql)
+    return sql[match.end() :] if match else sql
+
+
+@functools.lru_cache(maxsize=128)
+def is_empty(sql: str) -> bool:
+    """Nothing to run: only whitespace, comments and semicolons (sqlite3 then leaves
+    the cursor's lastrowid as it was)."""
+    return not engine_text(sql)
+
+
 def _tokens(sql: str, most: int) -> list[str]:
-    """The first `most` tokens of `sql`, skipping comments; keywords in lower case."""
+    """The first `most` tokens of the statement `sql` runs, skipping comments;
+    keywords in lower case."""
     tokens: list[str] = []
-    pos = 0
+    pos = len(sql) - len(engine_text(sql))
     while len(tokens) < most:
         lead = _LEAD.match(sql, pos)
         pos = lead.end() if lead else pos
@@ -85,13 +102,15 @@ def _tokens(sql: str, most: int) -> list[str]:
 
 def classify(sql: str) -> Kind:
     """Sort one statement by its first keyword (the way sqlite3 does)."""
-    body = _body(sql)
+    body = engine_text(sql)
     match = _WORD.match(body)
     if match is None:
         return Kind.OTHER
     word = match.group(0).lower()
     if word in _DML_WORDS:
-        return Kind.DML
+        # sqlite3 does not look past an empty statement (";") for its implicit BEGIN,
+        # but the engine does: after one, transaction control is still recognised.
+        return Kind.DML if _body(sql)[:1] != ";" else Kind.OTHER
     if word == "begin":
         return Kind.BEGIN
     if word == "start" and body[match.end() :].lstrip().lower().startswith("transaction"):
@@ -124,7 +143,7 @@ def check_control(sql: str, sqlite: bool) -> None:
     if sqlite:
         probe = sqlite3.connect(":memory:")
         try:
-            probe.execute(f"EXPLAIN {sql}").fetchall()  # prepares; runs nothing
+            probe.execute(f"EXPLAIN {engine_text(sql)}").fetchall()  # prepares; runs nothing
         finally:
             probe.close()
         return
@@ -171,14 +190,21 @@ def insert_target(sql: str) -> str | None:
 def starts_with_cte(sql: str) -> bool:
     """WITH ...: a query, or an INSERT, UPDATE or DELETE after its common table
     expressions (which sqlite3 does not count as DML)."""
-    match = _WORD.match(_body(sql))
+    match = _WORD.match(engine_text(sql))
     return match is not None and match.group(0).lower() == "with"
+
+
+@functools.lru_cache(maxsize=256)  # texts repeat; run on every write
+def uncounted(sql: str) -> bool:
+    """A statement whose rows sqlite3 does not count (its rowcount is -1) even if it
+    writes: one after a WITH clause, or after an empty statement (";")."""
+    return _body(sql)[:1] == ";" or starts_with_cte(sql)
 
 
 @functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def is_insert(sql: str) -> bool:
     """INSERT or REPLACE: the statements after which sqlite3 updates `lastrowid`."""
-    match = _WORD.match(_body(sql))
+    match = _WORD.match(engine_text(sql))
     return match is not None and match.group(0).lower() in ("insert", "replace")
 
 
@@ -234,7 +260,7 @@ _SCHEMA_WORDS = frozenset({"create", "drop", "alter", "attach", "detach", "pragm
 def may_change_schema(sql: str) -> bool:
     """Whether the statement may change which tables exist or what columns they have
     (by its first keyword; PRAGMA counts, as `writable_schema` and the like can)."""
-    match = _WORD.match(_body(sql))
+    match = _WORD.match(engine_text(sql))
     return match is None or match.group(0).lower() in _SCHEMA_WORDS
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._backends._sqlite import makes_rowids
-from ._dbapi_sql import is_insert, starts_with_cte
+from ._dbapi_sql import is_insert, starts_with_cte, uncounted
 from ._locked import LockEngine
 from ._requests import Run, TxSession
 from ._transaction import Transaction
@@ -279,16 +279,10 @@ def _owner_gone(ttx: ThreadTx) -> None:
 
 def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
     """Run one statement on a sqlite3 connection and fetch everything it returns."""
-    # An upsert that updates instead of inserting leaves the connection's last rowid as
-    # it was (possibly another thread's insert): note it, to tell the two apart. Any
-    # other INSERT or REPLACE that changed rows inserted them. executemany's cursor does
-    # not report the rowid (sqlite3 keeps the previous value): the connection's last
-    # rowid after it is the thread's new one.
-    # WITH ... INSERT is not known to insert until it has changed rows: compare too.
-    insert = is_insert(sql)
-    upsert = insert and "conflict" in sql.lower()
-    cte = not insert and starts_with_cte(sql)
-    before = _last_insert_rowid(conn) if upsert or cte else None
+    return _run_sqlite(conn, sql, params, many, _RowidWatch(conn, sql))
+
+
+def _run_sqlite(conn: Any, sql: str, params: Any, many: bool, rowid: _RowidWatch) -> Outcome:
     # The statement runs alone on the connection (its caller holds it), so the
     # connection's count of changes moves by exactly this statement's, as sqlite3's
     # total_changes counts them: triggers' rows included, whatever its first word.
@@ -298,32 +292,76 @@ def run_sqlite(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         description = cur.description
         rows = cur.fetchall() if description is not None else []
         rowcount = cur.rowcount
-        lastrowid = None
         changes = conn.total_changes - changes_before
-        # executemany of INSERT ... RETURNING counts 0 rows in sqlite3 3.11.
-        if (insert and (rowcount > 0 or (many and changes > 0))) or (cte and changes > 0):
+        lastrowid = None
+        if rowid.changed(rowcount, changes, many):
             after = _last_insert_rowid(conn) if many else cur.lastrowid
-            if not (upsert or cte) or after != before:
-                lastrowid = after
-            elif cte and not many and makes_rowids(conn, sql, params):
-                lastrowid = after  # a new row that got the same rowid
+            lastrowid = rowid.new(after, None if many else params)
         return Outcome(rows, description, rowcount, lastrowid, changes)
     finally:
         cur.close()
 
 
+class _RowidWatch:
+    """Tells whether a statement inserted a row, and so whether the connection's last
+    rowid after it is the statement's (sqlite3's `lastrowid`), or still an earlier
+    statement's, possibly another thread's.
+
+    An INSERT or REPLACE that sqlite3 counts rows of (`rowcount`) inserted them,
+    except an upsert that updated instead. For that, and for statements sqlite3 does
+    not count (WITH ... INSERT, an INSERT after an empty statement), whose changes may
+    be only their triggers', the rowid before the statement is noted, to compare.
+    """
+
+    __slots__ = ("_before", "_conn", "_counted", "_inserts", "_sql")
+
+    def __init__(self, conn: Any, sql: str) -> None:
+        self._conn = conn
+        self._sql = sql
+        insert = is_insert(sql)
+        self._inserts = insert or starts_with_cte(sql)  # it may insert rows
+        self._counted = insert and not uncounted(sql)
+        compare = self._inserts and (not self._counted or "conflict" in sql.lower())
+        self._before = _last_insert_rowid(conn) if compare else None
+
+    def changed(self, rowcount: int, changes: int, many: bool) -> bool:
+        """Whether the statement changed rows of its own, not only its triggers'."""
+        if self._counted:  # executemany of INSERT ... RETURNING counts 0 in 3.11
+            return rowcount > 0 or (many and changes > 0)
+        return changes > 0
+
+    def new(self, after: int, params: Any) -> int | None:
+        """The statement's rowid, given that it changed rows and the connection's last
+        rowid after it; None if it inserted none. `params`: its single parameter set,
+        to tell by EXPLAIN whether an uncounted statement that left the rowid as it
+        was inserted a row with that same rowid (None: not known, taken as not)."""
+        if not self._inserts:
+            return None
+        if self._before is None or after != self._before:
+            return after
+        if not self._counted and params is not None and makes_rowids(self._conn, self._sql, params):
+            return after  # a new row that got the same rowid
+        return None
+
+
 def run_sqlite_keeping(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
-    """`run_sqlite` for a statement outside any transaction. There sqlite3 commits
-    what a failing statement did before it failed (the rows executemany inserted
-    before the bad one, those a FAIL conflict kept): the error comes back in the
-    outcome, so that the write call commits that work, and is raised after it."""
+    """`run_sqlite` where sqlite3 keeps what a failing statement did before it failed
+    (the rows executemany inserted before the bad one, those a FAIL conflict kept):
+    the error comes back in the outcome, with those changes and the last rowid. The
+    caller counts them (`total_changes`, `lastrowid`) and raises the error after the
+    write call has committed them (outside a transaction) or while they stay in the
+    thread's transaction. An error that kept nothing (or after which the engine
+    rolled everything back) is raised at once."""
     changes_before = conn.total_changes
+    rowid = _RowidWatch(conn, sql)
     try:
-        return run_sqlite(conn, sql, params, many)
+        return _run_sqlite(conn, sql, params, many, rowid)
     except Exception as exc:
-        if not conn.in_transaction or conn.total_changes == changes_before:
-            raise  # nothing kept (or the engine rolled everything back)
-        return Outcome([], None, -1, None, conn.total_changes - changes_before, exc)
+        changes = conn.total_changes - changes_before
+        if not conn.in_transaction or changes == 0:
+            raise
+        lastrowid = rowid.new(_last_insert_rowid(conn), None)
+        return Outcome([], None, -1, lastrowid, changes, exc)
 
 
 def _last_insert_rowid(conn: Any) -> int:

@@ -221,6 +221,40 @@ def test_lastrowid_around_executemany_is_sqlite3s(
     assert script(connect(tmp_path / "ours.db")) == expected
 
 
+def test_cursor_state_around_executescript_and_empty_statements_is_sqlite3s(
+    connect: Callable[..., dbapi.Connection], backend: str, tmp_path: Path
+) -> None:
+    """executescript() leaves a cursor's rowcount, description, lastrowid and unread
+    rows as they were, and a statement with nothing to run leaves lastrowid alone,
+    exactly as sqlite3 does."""
+    if backend != "sqlite":
+        pytest.skip("compared with sqlite3")
+
+    def script(conn: Any) -> list[Any]:
+        conn.execute("CREATE TABLE r (x INTEGER)")
+        cur = conn.cursor()
+        cur.execute("-- nothing to run")
+        seen: list[Any] = [cur.lastrowid, cur.rowcount]
+        cur.execute("INSERT INTO r VALUES (1), (2)")
+        cur.executescript("INSERT INTO r VALUES (3);")
+        seen += [cur.rowcount, cur.description, cur.lastrowid]
+        cur.execute("SELECT x FROM r ORDER BY x")
+        seen.append(cur.fetchone())
+        cur.executescript("UPDATE r SET x = x;")
+        seen += [cur.rowcount, cur.description, cur.lastrowid, cur.fetchone()]
+        cur.execute(" ; /* */ ;")
+        seen += [cur.lastrowid, cur.rowcount, cur.description, cur.fetchall()]
+        return seen
+
+    plain = sqlite3.connect(tmp_path / "plain.db")
+    try:
+        expected = script(plain)
+    finally:
+        plain.close()
+    assert expected[:2] == [None, -1] and expected[2] == 2
+    assert script(connect(tmp_path / "ours.db")) == expected
+
+
 def test_returning(conn: dbapi.Connection) -> None:
     """INSERT ... RETURNING gives rows and a description, in and out of transactions."""
     cur = conn.execute("INSERT INTO t (v, n) VALUES ('a', 7) RETURNING v, n")
@@ -827,14 +861,41 @@ AUTOCOMMIT_EDGES: dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]] = {
             ("one", "INSERT INTO t (id, v) VALUES (2, 'kept')"),
         ],
     ),
+    # Inside a transaction the rows before the failing one stay, and count.
+    "executemany failing inside a transaction": (
+        {},
+        [
+            ("one", "INSERT INTO t (id, v) VALUES (1, 'a')"),
+            ("many", "INSERT INTO t (id, v) VALUES (?, ?)", [(2, "b"), (3, "c"), (4, None)]),
+            ("one", "SELECT 1"),
+            (
+                "one",
+                "INSERT OR FAIL INTO t (id, v) SELECT 10 + id, v FROM t UNION ALL SELECT 1, 'x'",
+            ),
+            ("one", "SELECT 2"),
+            ("commit",),
+        ],
+    ),
+    # Nothing to run leaves lastrowid alone; a statement after empty ones still runs.
+    "empty statements": (
+        {},
+        [
+            ("one", "-- nothing"),
+            ("one", "INSERT INTO t (id, v) VALUES (5, 'x')"),
+            ("one", " ; /* */ ;"),
+            ("one", "; INSERT INTO t (id, v) VALUES (6, 'y')"),
+            ("one", ";WITH r(x) AS (VALUES (7)) INSERT INTO t (id, v) SELECT x, 'z' FROM r"),
+            ("one", "SELECT 3"),
+        ],
+    ),
 }
 
 
 @pytest.mark.parametrize("edge", list(AUTOCOMMIT_EDGES))
 def test_transaction_edges_as_in_sqlite3(tmp_path: Path, mode: str, edge: str) -> None:
     """Corners of sqlite3's transaction handling, compared step by step with sqlite3:
-    the error, in_transaction and total_changes after each step, and what is committed
-    once the connection is closed without commit()."""
+    the error, in_transaction, total_changes and the cursor's lastrowid after each
+    step, and what is committed once the connection is closed without commit()."""
     kwargs, steps = AUTOCOMMIT_EDGES[edge]
     if "autocommit" in kwargs and sys.version_info < (3, 12):
         pytest.skip("sqlite3's autocommit is Python 3.12's")
@@ -845,13 +906,14 @@ def test_transaction_edges_as_in_sqlite3(tmp_path: Path, mode: str, edge: str) -
         setup.commit()
         setup.close()
         c = connect(path, **kwargs)
+        cur = c.cursor()
         seen: list[Any] = []
         for step in steps:
             try:
                 if step[0] == "many":
-                    c.executemany(step[1], step[2])
+                    cur.executemany(step[1], step[2])
                 elif step[0] == "one":
-                    c.execute(step[1])
+                    cur.execute(step[1])
                 elif step[0] == "autocommit":
                     c.autocommit = True
                 else:
@@ -859,7 +921,7 @@ def test_transaction_edges_as_in_sqlite3(tmp_path: Path, mode: str, edge: str) -
                 error = None
             except sqlite3.Error as exc:
                 error = type(exc).__name__
-            seen.append((error, c.in_transaction, c.total_changes))
+            seen.append((error, c.in_transaction, c.total_changes, cur.lastrowid))
         c.close()
         check = sqlite3.connect(path)
         seen.append(check.execute("SELECT id, v FROM t ORDER BY id").fetchall())

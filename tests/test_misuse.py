@@ -20,13 +20,35 @@ import safestore
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("sql", ["BEGIN", "COMMIT", "ROLLBACK", "END", "  -- c\n rollback"])
+CONTROL = ["BEGIN", "COMMIT", "ROLLBACK", "END", "  -- c\n rollback", ";COMMIT", " ; /* */ ;commit"]
+
+
+@pytest.mark.parametrize("sql", CONTROL)
 def test_execute_refuses_transaction_control(store: safestore.Store, sql: str) -> None:
-    """execute("ROLLBACK") could undo other callers' acknowledged writes: refused."""
+    """execute("ROLLBACK") could undo other callers' acknowledged writes: refused,
+    also after empty statements (";"), which the engine skips."""
     store.insert("t", {"v": "kept"})
     with pytest.raises(safestore.ProgrammingError, match="BEGIN/COMMIT/ROLLBACK"):
         store.execute(sql)
     assert store.query("SELECT v FROM t") == [("kept",)]
+
+
+@pytest.mark.parametrize("sql", [";COMMIT", "; ROLLBACK"])
+def test_transaction_block_refuses_transaction_control(store: safestore.Store, sql: str) -> None:
+    """Inside a transaction() block a COMMIT would commit half of the block: refused,
+    and the block still commits whole or not at all."""
+    with store.transaction() as tx:
+        tx.insert("t", {"v": "first"})
+        with pytest.raises(safestore.ProgrammingError):
+            tx.execute(sql)
+        tx.insert("t", {"v": "second"})
+    assert sorted(r[0] for r in store.query("SELECT v FROM t")) == ["first", "second"]
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.insert("t", {"v": "undone"})
+        with pytest.raises(safestore.ProgrammingError):
+            tx.execute(sql)
+        raise RuntimeError("the block fails")
+    assert count(store) == 2
 
 
 def test_rollback_in_a_group_cannot_undo_others(store: safestore.Store) -> None:

@@ -115,6 +115,20 @@ def test_execute_after_a_with_clause_counts_its_rows(store: safestore.Store) -> 
         assert (res.rowcount, res.lastrowid) == (1, 100)
 
 
+def test_execute_after_empty_statements_counts_its_rows(store: safestore.Store) -> None:
+    """A write after empty statements (";", which the engine skips) reports its real
+    rowcount and rowid as well, where sqlite3 says -1."""
+    sqlite = store.backend == "sqlite"
+    res = store.execute(" ; /* none */ ;INSERT INTO t (v) VALUES ('a')")
+    ids = [r[0] for r in store.query("SELECT id FROM t")]
+    assert (res.rowcount, res.lastrowid) == (1, ids[0] if sqlite else None)
+    res = store.execute("; UPDATE t SET n = 3")
+    assert (res.rowcount, res.lastrowid) == (1, None)
+    with store.transaction() as tx:
+        assert tx.execute(";DELETE FROM t").rowcount == 1
+    assert count(store) == 0
+
+
 def test_executemany_sums_rowcount(store: safestore.Store) -> None:
     """executemany() runs the statement per parameter set; rowcount is summed."""
     res = store.executemany("INSERT INTO t (id, v) VALUES (?, ?)", [(i, str(i)) for i in range(7)])

@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .._dbapi_sql import (
+    engine_text,
     has_returning,
     insert_target,
     is_insert,
     may_change_schema,
     savepoint_action,
-    starts_with_cte,
+    uncounted,
 )
 from .._requests import (
     Execute,
@@ -560,8 +561,8 @@ class SQLiteBackend:
             _refuse_transaction_control(request.sql)
             if may_change_schema(request.sql):
                 self._forget_schema()
-            if starts_with_cte(request.sql):
-                return _execute_after_cte(conn, request)
+            if uncounted(request.sql):
+                return _execute_uncounted(conn, request)
             cur = conn.execute(request.sql, request.params)
             try:
                 rows = cur.fetchall()
@@ -675,13 +676,14 @@ def makes_rowids(conn: Any, sql: str, params: Any) -> bool:
     table). For a statement that changed rows and left the connection's last rowid as
     it was: an UPDATE or DELETE does that, and so does an insert whose new row happens
     to get the very rowid an earlier insert reported."""
-    return any(row[1] == "NewRowid" for row in conn.execute(f"EXPLAIN {sql}", params))
+    explained = conn.execute(f"EXPLAIN {engine_text(sql)}", params)
+    return any(row[1] == "NewRowid" for row in explained)
 
 
-def _execute_after_cte(conn: Any, request: Execute) -> Result:
-    """A statement that starts with WITH: a query, or an INSERT, UPDATE or DELETE whose
-    rows sqlite3 does not count (it reports -1). Ask the engine for the count, and for
-    the rowid if the statement moved it."""
+def _execute_uncounted(conn: Any, request: Execute) -> Result:
+    """A statement whose rows sqlite3 does not count (it reports -1): after a WITH
+    clause (a query, or an INSERT, UPDATE or DELETE) or after an empty statement. Ask
+    the engine for the count, and for the rowid if the statement moved it."""
     rowid_before = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     changes_before = conn.total_changes
     cur = conn.execute(request.sql, request.params)
