@@ -169,9 +169,10 @@ def has_returning(sql: str) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def insert_target(sql: str) -> str | None:
-    """The table of ``INSERT [OR ...] INTO name`` or ``REPLACE INTO name``, quoted as
-    one identifier; None for a schema-qualified name or any other statement."""
-    words = _tokens(sql, 6)
+    """The table of ``INSERT [OR ...] INTO [schema.]name`` or ``REPLACE INTO
+    [schema.]name``, quoted (``"name"`` or ``"schema"."name"``); None for any other
+    statement."""
+    words = _tokens(sql, 8)
     if words[:2] == ["insert", "or"]:
         words = words[3:]  # past the conflict clause's word
     elif words[:1] in (["insert"], ["replace"]):
@@ -180,10 +181,11 @@ def insert_target(sql: str) -> str | None:
         return None
     if words[:1] != ["into"] or len(words) < 2:
         return None
-    name = words[1]
-    if words[2:3] == ["."] or name in (".", "(") or name[0] == "'":
+    qualified = words[2:3] == ["."]
+    names = words[1:4:2] if qualified else words[1:2]  # [schema, name] or [name]
+    if len(names) != 1 + qualified or any(n in (".", "(") or n[0] == "'" for n in names):
         return None
-    return '"' + _unquoted(name).replace('"', '""') + '"'
+    return ".".join('"' + _unquoted(n).replace('"', '""') + '"' for n in names)
 
 
 @functools.lru_cache(maxsize=256)  # texts repeat; run on every write

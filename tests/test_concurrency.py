@@ -212,6 +212,7 @@ def test_inserts_into_a_table_without_rowids_report_none(
         results.append(store.insert(name, [{"k": f"e{i}"} for i in range(300)]))
         results.append(store.execute(f"INSERT INTO {name} (k) VALUES ('f')"))
         results.append(store.execute(f"INSERT OR REPLACE INTO [{name}] (k) VALUES (?)", ("g",)))
+        results.append(store.execute(f'INSERT INTO main."{name}" (k) VALUES (?)', ("h",)))
         assert [(r.rowcount, r.lastrowid) for r in results] == [
             (counted, None),
             (2 * counted, None),
@@ -219,8 +220,12 @@ def test_inserts_into_a_table_without_rowids_report_none(
             (300 * counted, None),
             (counted, None),
             (counted, None),
+            (counted, None),
         ]
-        assert count(store, "r" if target == "view" else "w") == (307 if target == "view" else 306)
+        assert count(store, "r" if target == "view" else "w") == (308 if target == "view" else 307)
+        # Named with its schema, a table that has rowids reports them.
+        res = store.execute("INSERT INTO main . r (v) VALUES ('x')")
+        assert res.lastrowid == store.query("SELECT max(id) FROM r")[0][0]
 
 
 def test_insert_rowids_follow_schema_changes(tmp_path: Path, mode: str) -> None:

@@ -632,18 +632,33 @@ _KIND_SQL = (
     "UNION ALL "
     "SELECT type, sql FROM sqlite_master WHERE name = ? AND type IN ('table', 'view')"
 )
+_KIND_IN_SCHEMA_SQL = (
+    "SELECT type, sql FROM {schema}.sqlite_master WHERE name = ? AND type IN ('table', 'view')"
+)
 _VIRTUAL = re.compile(r"\s*create\s+virtual\b", re.IGNORECASE)
 
 
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
 def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
-    """Whether inserts into `table` (quoted) report their rowid, and a name that selects
-    it (the first of SQLite's three aliases that no column shadows, "" if all are), or
-    None if no such table or view exists."""
-    raw = unquote_identifier(table)
-    names = {r[0].lower() for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))}
+    """Whether inserts into `table` (quoted, possibly as ``"schema"."name"``) report
+    their rowid, and a name that selects it (the first of SQLite's three aliases that
+    no column shadows, "" if all are), or None if no such table or view exists."""
+    *schema, name = _QUOTED.findall(table)
+    raw = unquote_identifier(name)
+    if schema:
+        columns = conn.execute(
+            "SELECT name FROM pragma_table_xinfo(?, ?)", (raw, unquote_identifier(schema[0]))
+        )
+        kind_sql, args = _KIND_IN_SCHEMA_SQL.format(schema=schema[0]), (raw,)
+    else:
+        columns = conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))
+        kind_sql, args = _KIND_SQL, (raw, raw)
+    names = {r[0].lower() for r in columns}
     if not names:
         return None
-    kind = conn.execute(_KIND_SQL, (raw, raw)).fetchone()
+    kind = conn.execute(kind_sql, args).fetchone()
     if kind is not None and kind[0] == "view":
         return (False, "")  # an INSTEAD OF trigger's inserts do not set it for the caller
     if kind is not None and _VIRTUAL.match(kind[1] or ""):
