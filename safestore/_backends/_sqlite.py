@@ -647,6 +647,7 @@ def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
     no column shadows, "" if all are), or None if no such table or view exists."""
     *schema, name = _QUOTED.findall(table)
     raw = unquote_identifier(name)
+    args: tuple[str, ...]
     if schema:
         columns = conn.execute(
             "SELECT name FROM pragma_table_xinfo(?, ?)", (raw, unquote_identifier(schema[0]))
