@@ -566,14 +566,22 @@ def test_lone_insert_of_many_statements_is_atomic(store: safestore.Store) -> Non
 
 
 def test_execute_refuses_several_statements(store: safestore.Store) -> None:
-    """execute() runs one statement: SQL holding two is refused on both engines (DuckDB
-    would run both and report the last), and nothing of it is written; a trailing
-    semicolon and a semicolon inside a string are fine."""
+    """execute() and executemany() run one statement: SQL holding two is refused on
+    both engines (DuckDB would run both and report the last), and nothing of it is
+    written; a trailing semicolon and a semicolon inside a string are fine."""
     two = "INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES ('b')"
     with pytest.raises(safestore.ProgrammingError):
         store.execute(two)
     with pytest.raises(safestore.ProgrammingError):
         with store.transaction() as tx:
             tx.execute(two)
+    two_many = "INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES (?)"
+    for many in (two_many, two_many + " RETURNING v"):
+        with pytest.raises(safestore.ProgrammingError, match="statement"):
+            store.executemany(many, [("b",), ("c",)])
+        with pytest.raises(safestore.ProgrammingError, match="statement"):
+            with store.transaction() as tx:
+                tx.executemany(many, [("b",)])
+    assert count(store) == 0
     assert store.execute("INSERT INTO t (v) VALUES ('x;y');").rowcount == 1
     assert store.query("SELECT v FROM t") == [("x;y",)]

@@ -75,7 +75,7 @@ _ST = duckdb.StatementType
 _PID = re.compile(r"\(PID (\d+)\)")
 
 
-def _refuse_several_statements(conn: Any, sql: str) -> None:
+def _refuse_several_statements(conn: Any, sql: str, call: str = "execute()") -> None:
     """Refuse SQL holding more than one statement, as SQLite does.
 
     DuckDB would run them all and report only the last one's result, so the caller's
@@ -90,7 +90,7 @@ def _refuse_several_statements(conn: Any, sql: str) -> None:
         return  # let the engine report it when the statement runs
     if len(statements) > 1:
         raise ProgrammingError(
-            f"execute() takes one statement, this SQL holds {len(statements)}; use "
+            f"{call} takes one statement, this SQL holds {len(statements)}; use "
             "store.transaction() to run several atomically"
         )
 
@@ -322,8 +322,8 @@ class DuckDBBackend(GroupCommit):
 
     # --- single requests -------------------------------------------------------------
 
-    def _execute(self, conn: Any, sql: str, params: Any) -> Result:
-        _refuse_several_statements(conn, sql)
+    def _execute(self, conn: Any, sql: str, params: Any, call: str = "execute()") -> Result:
+        _refuse_several_statements(conn, sql, call)
         conn.execute(sql, _params(params))
         if conn.description is None:
             # No statement at all (empty, or only comments): nothing ran, and there is
@@ -344,12 +344,16 @@ class DuckDBBackend(GroupCommit):
         if isinstance(request, Execute):
             return self._execute(conn, request.sql, request.params)
         if isinstance(request, ExecuteMany):
+            _refuse_several_statements(conn, request.sql, "executemany()")
             if not request.seq_of_params:
                 return Result(0, None, [])
             if has_returning(request.sql):
                 # duckdb's executemany keeps only the last set's RETURNING rows and
                 # reports rowcount -1: run each set on its own, and sum.
-                each = [self._execute(conn, request.sql, p) for p in request.seq_of_params]
+                each = [
+                    self._execute(conn, request.sql, p, "executemany()")
+                    for p in request.seq_of_params
+                ]
                 rows = [row for result in each for row in result.rows]
                 return Result(sum(max(r.rowcount, 0) for r in each), None, rows)
             conn.executemany(request.sql, [_params(p) for p in request.seq_of_params])
