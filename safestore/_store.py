@@ -506,6 +506,9 @@ class Store:
         self._end_dropped_transaction()
         if self._closed:
             raise StoreClosedError(f"{self!r} is closed")
+        self._refuse_if_forked()
+
+    def _refuse_if_forked(self) -> None:
         if self._forked():
             raise StoreError(
                 "this Store was opened in the parent process and cannot be used after "

@@ -449,6 +449,10 @@ class AsyncStore:
     def _check_open(self) -> None:
         if self.closed:
             raise StoreClosedError(f"{self!r} is closed")
+        # In a forked child the helper pools are the parent's: their threads are gone,
+        # yet they count them as idle and would start none, so a call would wait its
+        # whole timeout. Refuse at once, as Store does.
+        self._store._refuse_if_forked()
 
     async def _bounded(
         self,

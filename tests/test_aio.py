@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, db_path
+from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, db_path, fork_and_report
 
 import safestore
 from safestore import AsyncStore
@@ -316,6 +317,48 @@ def test_full_queue_waits_off_the_loop(make_astore: Make) -> None:
         assert await count(astore) == 2
 
     run(main())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_gets_clear_error_at_once(make_astore: Make) -> None:
+    """After fork the child gets StoreError from the parent's AsyncStore, on every
+    call, rather than waiting for helper threads that the fork did not copy."""
+    astore = make_astore(timeout=WAIT)
+
+    async def warm() -> None:  # the parent's helper pools have run calls
+        await astore.insert("t", {"v": "parent", "n": 1})
+        assert await count(astore) == 1
+        await astore.flush()
+
+    run(warm())
+
+    def child() -> str:
+        async def calls() -> list[str]:
+            seen = []
+            for call in (
+                lambda: astore.query("SELECT 1"),
+                lambda: astore.insert("t", {"v": "child", "n": 2}),
+                lambda: astore.execute("DELETE FROM t"),
+                astore.flush,
+            ):
+                try:
+                    await asyncio.wait_for(call(), WAIT)
+                    seen.append("went through")
+                except safestore.StoreError as exc:
+                    seen.append("fork" if "fork" in str(exc) else repr(exc))
+                except Exception as exc:  # TimeoutError: the bug this guards against
+                    seen.append(repr(exc))
+            return seen
+
+        return ",".join(asyncio.run(calls()))
+
+    assert fork_and_report(child) == "fork,fork,fork,fork"
+
+    async def parent_again() -> None:  # the parent's store goes on working
+        await astore.insert("t", {"v": "parent again", "n": 3})
+        assert await count(astore) == 2
+
+    run(parent_again())
 
 
 # --- cancellation and timeouts ---------------------------------------------------------
