@@ -148,9 +148,8 @@ class AsyncStore:
         self._read_lock = (
             shared if isinstance(engine, LockEngine) and shared is engine.lock else None
         )
-        # Set once by the first close(); later close() calls await the same work.
-        self._closing: Future[None] | None = None
-        self._close_lock = threading.Lock()  # guards _closing (close() from several loops)
+        # Set by the first close(): calls after it raise StoreClosedError.
+        self._close_started = False
         # Tasks inside one of this store's transaction blocks. A store write from such a
         # task would queue behind its own block and wait for it to end, which it never
         # would: it is refused instead. (Only the task itself: a task it started may
@@ -188,7 +187,7 @@ class AsyncStore:
     @property
     def closed(self) -> bool:
         """Whether `close()` has been called."""
-        return self._closing is not None or self._store.closed
+        return self._close_started or self._store.closed
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -398,17 +397,12 @@ class AsyncStore:
         self._refuse_in_block("close()")
         if timeout is not None:  # before anything starts closing
             timeout = check_timeout(timeout, "timeout")
-        with self._close_lock:
-            failed = (
-                self._closing is not None
-                and self._closing.done()
-                and (self._closing.exception() is not None)
-            )
-            if self._closing is None or failed:
-                # A close that timed out is tried again, as with Store.close().
-                self._closing = _start_thread(self._close_now, timeout)
-            closing = self._closing
-        await asyncio.shield(asyncio.wrap_future(closing))
+        self._close_started = True
+        # Every call closes on a thread of its own, within its own timeout: Store.close()
+        # may run in several threads at once (a later call waits for the earlier one's
+        # work, for as long as its own timeout allows; a close that timed out is tried
+        # again). One shared attempt would hand every caller the first caller's timeout.
+        await asyncio.shield(asyncio.wrap_future(_start_thread(self._close_now, timeout)))
 
     def _close_now(self, timeout: float | None) -> None:
         # Calls still queued for a helper thread then run and raise StoreClosedError

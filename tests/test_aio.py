@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import SCHEMA, WAIT, Gate, SignallingLock, db_path, fork_and_report
 
 import safestore
-from safestore import AsyncStore
+from safestore import AsyncStore, aio
 
 Make = Callable[..., AsyncStore]
 
@@ -219,6 +219,35 @@ def test_close_with_a_bad_timeout_changes_nothing(make_astore: Make, bad: Any) -
         assert astore.closed and astore.store.closed
 
     run(main())
+
+
+def test_concurrent_closes_keep_their_own_timeouts(make_astore: Make) -> None:
+    """Two tasks close at once while the engine is busy: each close() is bounded by
+    its own timeout, as Store.close() is, and one that waits without a timeout is not
+    handed the other's TimeoutError."""
+    astore = make_astore()
+
+    async def main() -> None:
+        await astore.insert("t", {"v": "kept", "n": 1})
+        blocker = Blocker(astore)
+        try:
+            patient = asyncio.create_task(astore.close())
+            await spin()
+            with pytest.raises(safestore.TimeoutError):
+                await astore.close(timeout=0.05)
+            hasty = asyncio.create_task(astore.close(timeout=0.05))
+            with pytest.raises(safestore.TimeoutError):
+                await hasty
+            await spin()
+            assert not patient.done()
+        finally:
+            blocker.release()
+        await asyncio.wait_for(patient, WAIT)
+        assert astore.closed and astore.store.closed
+
+    run(main())
+    with safestore.Store(astore.path, backend=astore.backend) as again:  # type: ignore[arg-type]
+        assert again.query("SELECT v FROM t") == [("kept",)]
 
 
 def test_open_classmethod(tmp_path: Path, backend: str, mode: str) -> None:
@@ -803,7 +832,7 @@ def test_a_write_waiting_for_a_helper_thread_is_withdrawn_at_its_deadline(
 
 
 def test_close_thread_lets_go_of_the_store_before_the_task_resumes(
-    tmp_path: Path, backend: str, mode: str
+    tmp_path: Path, backend: str, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once `await close()` returns, nothing on close()'s thread keeps the store (and
     its connections) alive, even if that daemon thread has not ended yet: one frozen by
@@ -817,11 +846,23 @@ def test_close_thread_lets_go_of_the_store_before_the_task_resumes(
         resolved.set()
         assert leave.wait(WAIT)
 
+    start_thread = aio._start_thread
+    started: list[Any] = []
+
+    def start_and_watch(fn: Callable[..., None], *args: Any) -> Any:
+        fut = start_thread(fn, *args)
+        # After close() has wrapped the future (whose callback wakes the task); close()
+        # waits for the blocker, so the future is not done yet.
+        asyncio.get_running_loop().call_soon(fut.add_done_callback, pause)
+        started.append(fut)
+        return fut
+
+    monkeypatch.setattr(aio, "_start_thread", start_and_watch)
+
     async def main(astore: AsyncStore, blocker: Blocker) -> None:
         closing = asyncio.create_task(astore.close())
         await spin()
-        assert astore._closing is not None
-        astore._closing.add_done_callback(pause)
+        assert len(started) == 1
         blocker.release()
         await asyncio.wait_for(closing, WAIT)
 
