@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import functools
 import os
 import threading
@@ -159,8 +160,19 @@ class AsyncStore:
     @classmethod
     async def open(cls, target: str | os.PathLike[str], **kwargs: Any) -> AsyncStore:
         """Open a store on a helper thread, so that connecting and `setup` never block
-        the loop. Takes the same arguments as `AsyncStore`."""
-        return await asyncio.to_thread(functools.partial(cls, target, **kwargs))
+        the loop. Takes the same arguments as `AsyncStore`.
+
+        If the awaiting task is cancelled, the opening goes on (it cannot be stopped
+        half-way), and the store is closed as soon as it is open.
+        """
+        opening = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(contextvars.copy_context().run, cls, target, **kwargs)
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_unwanted)
+            raise
 
     # --- attributes ---------------------------------------------------------------------
 
@@ -605,6 +617,16 @@ def _exit_rolling_back(cm: Any) -> None:
         cm.__exit__(_Rollback, _Rollback(), None)
     except _Rollback:
         pass
+
+
+def _close_unwanted(opening: asyncio.Future[AsyncStore]) -> None:
+    """Close a store whose `open()` was cancelled: nobody else can (on a thread of its
+    own, as closing waits for the writer)."""
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing was opened (and the error is taken, not logged as lost)
+    astore = opening.result()
+    astore._close_started = True
+    _start_thread(astore._close_now, None)
 
 
 def _start_thread(fn: Callable[..., None], *args: Any) -> Future[None]:

@@ -263,6 +263,49 @@ def test_open_classmethod(tmp_path: Path, backend: str, mode: str) -> None:
     run(main())
 
 
+def test_cancelled_open_closes_what_it_opened(
+    tmp_path: Path, backend: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task cancelled while AsyncStore.open() runs: the opening goes on, and the
+    store it opened, which nobody gets, is closed (not left to a finalizer)."""
+    entered, go, closing = threading.Event(), threading.Event(), threading.Event()
+    closes: list[tuple[AsyncStore, Any]] = []
+    start_thread = aio._start_thread
+
+    def start_and_watch(fn: Callable[..., None], *args: Any) -> Any:
+        fut = start_thread(fn, *args)
+        closes.append((fn.__self__, fut))  # type: ignore[attr-defined]
+        closing.set()
+        return fut
+
+    monkeypatch.setattr(aio, "_start_thread", start_and_watch)
+
+    def slow_setup(conn: Any) -> None:
+        conn.execute("CREATE TABLE t (v TEXT)")
+        entered.set()
+        assert go.wait(WAIT)
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            AsyncStore.open(
+                db_path(tmp_path, backend), backend=backend, mode=mode, setup=slow_setup
+            )
+        )
+        assert await asyncio.to_thread(entered.wait, WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()
+        assert await asyncio.to_thread(closing.wait, WAIT)  # once the store is open
+
+    run(main())
+    [(astore, fut)] = closes
+    fut.result(WAIT)
+    assert astore.closed and astore.store.closed
+    with safestore.Store(db_path(tmp_path, backend), backend=backend) as again:  # type: ignore[arg-type]
+        assert again.query("SELECT count(*) FROM t") == [(0,)]
+
+
 def test_calls_run_off_the_loop_thread(make_astore: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reads, flush and lock-mode writes run on helper threads, never the loop's."""
     astore = make_astore()
