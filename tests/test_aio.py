@@ -8,7 +8,6 @@ import gc
 import os
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -79,6 +78,16 @@ async def count(astore: AsyncStore) -> int:
     row = await astore.query_one("SELECT count(*) FROM t")
     assert row is not None
     return int(row[0])
+
+
+async def write_helpers_idle(astore: AsyncStore) -> None:
+    """Return once every write helper thread has finished what it was doing: each
+    takes one of these jobs only when free, and all of them wait for one another."""
+    n = astore._threads
+    barrier = threading.Barrier(n + 1)
+    for _ in range(n):
+        astore._writes.submit(barrier.wait, WAIT)
+    await asyncio.to_thread(barrier.wait, WAIT)
 
 
 async def spin(n: int = 20) -> None:
@@ -459,13 +468,9 @@ def test_cancelled_waiting_write_is_withdrawn(make_astore: Make) -> None:
         assert await count(astore) == 2
         # The withdrawn write is a failed one in the counters, on every mode (lock
         # mode's helper thread may still be on its way through the lock: wait for it).
-        deadline = time.monotonic() + WAIT
-        while True:
-            st = await astore.stats()
-            if st.writes_accepted == st.writes_committed + st.writes_failed:
-                break
-            assert time.monotonic() < deadline, f"counters never add up: {st}"
-            await asyncio.sleep(0.001)
+        await write_helpers_idle(astore)
+        st = await astore.stats()
+        assert st.writes_accepted == st.writes_committed + st.writes_failed, st
 
     run(main())
 
@@ -493,11 +498,7 @@ def test_write_withdrawn_while_waiting_for_the_lock_counts_as_failed(
         finally:
             blocker.release()
         # The helper thread takes the lock some time after the blocker lets go of it.
-        deadline = time.monotonic() + WAIT
-        while (st := await astore.stats()).writes_accepted < 2:
-            assert time.monotonic() < deadline, "the withdrawn write never got the lock"
-            await asyncio.sleep(0.001)
-        await astore.flush()  # and it has let go of the lock again
+        await write_helpers_idle(astore)
         st = await astore.stats()
         assert (st.writes_accepted, st.writes_committed, st.writes_failed) == (2, 1, 1)
         assert await count(astore) == 0
