@@ -199,8 +199,12 @@ def starts_with_cte(sql: str) -> bool:
 @functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def uncounted(sql: str) -> bool:
     """A statement whose rows sqlite3 does not count (its rowcount is -1) even if it
-    writes: one after a WITH clause, or after an empty statement (";")."""
-    return _body(sql)[:1] == ";" or starts_with_cte(sql)
+    writes: one after a WITH clause, or an INSERT, UPDATE, DELETE or REPLACE after an
+    empty statement (";")."""
+    if starts_with_cte(sql):
+        return True
+    match = _WORD.match(engine_text(sql)) if _body(sql)[:1] == ";" else None
+    return match is not None and match.group(0).lower() in _DML_WORDS
 
 
 @functools.lru_cache(maxsize=256)  # texts repeat; run on every write

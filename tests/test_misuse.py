@@ -33,6 +33,22 @@ def test_execute_refuses_transaction_control(store: safestore.Store, sql: str) -
     assert store.query("SELECT v FROM t") == [("kept",)]
 
 
+@pytest.mark.parametrize(
+    "sql", ["SAVEPOINT safestore_call", "RELEASE Safestore_Merge", "; ROLLBACK TO safestore_call"]
+)
+def test_execute_refuses_safestores_own_savepoints(store: safestore.Store, sql: str) -> None:
+    """The savepoints that keep each write call atomic cannot be taken over; names that
+    merely contain the word are the user's (a table safestore_log)."""
+    if store.backend != "sqlite":
+        pytest.skip("DuckDB has no savepoints")
+    with pytest.raises(safestore.ProgrammingError, match="own savepoints"):
+        store.execute(sql)
+    store.execute("CREATE TABLE safestore_log (v TEXT)")
+    store.insert("safestore_log", {"v": "safestore_x"})
+    assert store.query("SELECT v FROM safestore_log") == [("safestore_x",)]
+    store.execute("DROP TABLE safestore_log")
+
+
 @pytest.mark.parametrize("sql", [";COMMIT", "; ROLLBACK"])
 def test_transaction_block_refuses_transaction_control(store: safestore.Store, sql: str) -> None:
     """Inside a transaction() block a COMMIT would commit half of the block: refused,

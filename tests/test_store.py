@@ -126,7 +126,14 @@ def test_execute_after_empty_statements_counts_its_rows(store: safestore.Store) 
     assert (res.rowcount, res.lastrowid) == (1, None)
     with store.transaction() as tx:
         assert tx.execute(";DELETE FROM t").rowcount == 1
+        # Other statements after one report -1, as without it (not the last count).
+        assert tx.execute("; CREATE TABLE z (a INTEGER)").rowcount == -1
     assert count(store) == 0
+    store.insert("t", {"v": "b"})
+    for sql in ("; CREATE TABLE y (a INTEGER)", ";", " ; -- nothing", "; DROP TABLE z"):
+        res = store.execute(sql)
+        assert (res.rowcount, res.lastrowid) == (-1, None), sql
+    assert store.query("SELECT count(*) FROM y") == [(0,)]
 
 
 def test_executemany_sums_rowcount(store: safestore.Store) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .._dbapi_sql import Kind, classify
+from .._dbapi_sql import Kind, classify, savepoint_action
 from .._requests import Rows, Run
 from ..errors import ProgrammingError, ReadOnlyError, translate
 
@@ -151,14 +151,23 @@ def _fetch_all(conn: Any, sql: str, params: Any) -> list[tuple[Any, ...]]:
 
 def _refuse_transaction_control(sql: str) -> None:
     """execute() must not begin, commit or roll back: every write call is atomic already."""
-    kind = classify(sql)
-    if kind in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK) or (
-        kind is Kind.OTHER and "safestore_" in sql.lower()
-    ):
+    if classify(sql) in (Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK):
         raise ProgrammingError(
             "execute() cannot run BEGIN/COMMIT/ROLLBACK: every write call is already "
             "atomic; use store.transaction() for several statements"
         )
+    action = savepoint_action(sql)
+    if action is not None:
+        name = action[1]
+        if (
+            name.lower().startswith("safestore_")
+            if name is not None
+            else "safestore_" in sql.lower()
+        ):
+            raise ProgrammingError(
+                "execute() cannot use safestore's own savepoints (names starting with "
+                "safestore_): they keep each write call atomic; name yours otherwise"
+            )
 
 
 def _run_authorizer(
