@@ -253,6 +253,31 @@ def test_insert_rowids_follow_schema_changes(tmp_path: Path, mode: str) -> None:
         assert store.insert("t", {"k": "c"}).lastrowid == 1
 
 
+def test_insert_rowids_follow_attached_schema_changes_made_elsewhere(
+    tmp_path: Path, mode: str
+) -> None:
+    """An attached database's table that another connection rebuilds WITHOUT ROWID:
+    execute("INSERT INTO aux.w ...") then reports lastrowid None, not a stale rowid
+    (the main database's schema version does not see that change)."""
+    aux = tmp_path / "aux.db"
+    plain = sqlite3.connect(aux)
+    plain.execute("CREATE TABLE w (k INTEGER PRIMARY KEY, v TEXT)")
+    plain.commit()
+    plain.close()
+    setup = f"ATTACH DATABASE '{aux}' AS aux; CREATE TABLE t (v TEXT)"
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=setup) as store:
+        assert store.execute("INSERT INTO aux.w (v) VALUES ('a')").lastrowid == 1
+        assert store.execute("INSERT INTO aux.w (v) VALUES ('b')").lastrowid == 2
+        plain = sqlite3.connect(aux)
+        plain.executescript(
+            "DROP TABLE w; CREATE TABLE w (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID"
+        )
+        plain.close()
+        assert store.insert("t", {"v": "x"}).lastrowid == 1
+        res = store.execute("INSERT INTO aux.w (k, v) VALUES ('c', 'c')")
+        assert (res.rowcount, res.lastrowid) == (1, None)
+
+
 def test_insert_rowids_follow_schema_changes_made_elsewhere(tmp_path: Path, mode: str) -> None:
     """Another connection (here a plain sqlite3 one, as another process would) turns a
     view into a table, then gives the table a column named rowid: insert() reports the

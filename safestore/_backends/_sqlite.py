@@ -478,7 +478,8 @@ class SQLiteBackend:
             known = _probe_rowid(conn, table)
             if known is None:  # no such table (yet): ask again next time
                 return (True, "")
-            self._rowids[table] = known
+            if not _in_attached(table):  # main's schema version does not cover those
+                self._rowids[table] = known
         return known
 
     def _check_schema(self, conn: Any) -> None:
@@ -639,6 +640,12 @@ _VIRTUAL = re.compile(r"\s*create\s+virtual\b", re.IGNORECASE)
 
 
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
+def _in_attached(table: str) -> bool:
+    """Whether `table` (quoted) is named with the schema of an attached database."""
+    *schema, _ = _QUOTED.findall(table)
+    return bool(schema) and unquote_identifier(schema[0]).lower() not in ("main", "temp")
 
 
 def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
