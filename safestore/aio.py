@@ -43,6 +43,7 @@ import asyncio
 import builtins
 import contextvars
 import functools
+import logging
 import os
 import threading
 import time
@@ -63,6 +64,8 @@ from .errors import StoreClosedError, StoreError, TimeoutError
 __all__ = ["AsyncStore", "AsyncTransaction"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("safestore")
 Params = Sequence[Any] | Mapping[str, Any]
 
 
@@ -151,6 +154,10 @@ class AsyncStore:
         )
         # Set by the first close(): calls after it raise StoreClosedError.
         self._close_started = False
+        # The close in progress (or done), shared by concurrent close() calls so that at
+        # most one thread closes at a time; each caller waits within its own timeout.
+        self._closing: Future[None] | None = None
+        self._close_lock = threading.Lock()  # guards _closing (close() from several loops)
         # Tasks inside one of this store's transaction blocks. A store write from such a
         # task would queue behind its own block and wait for it to end, which it never
         # would: it is refused instead. (Only the task itself: a task it started may
@@ -410,11 +417,32 @@ class AsyncStore:
         if timeout is not None:  # before anything starts closing
             timeout = check_timeout(timeout, "timeout")
         self._close_started = True
-        # Every call closes on a thread of its own, within its own timeout: Store.close()
-        # may run in several threads at once (a later call waits for the earlier one's
-        # work, for as long as its own timeout allows; a close that timed out is tried
-        # again). One shared attempt would hand every caller the first caller's timeout.
-        await asyncio.shield(asyncio.wrap_future(_start_thread(self._close_now, timeout)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with self._close_lock:
+                closing = self._closing
+                mine = closing is None or (closing.done() and closing.exception() is not None)
+                if mine:  # none yet, or the last one failed: try (again), as Store.close()
+                    closing = self._closing = _start_thread(self._close_now, left)
+            assert closing is not None
+            outcome = asyncio.wrap_future(closing)
+            try:  # ours is bounded by `left` already; cancelling us leaves it running
+                await asyncio.wait([outcome], timeout=None if mine else left)
+            finally:
+                if not outcome.done():  # nobody here will wait for it any more
+                    outcome.add_done_callback(_take_outcome)
+            if not outcome.done():  # another caller's close, still going: our time is up
+                raise TimeoutError(
+                    f"the store was still closing after {timeout:.1f}s (another task's "
+                    "close); it goes on in the background"
+                )
+            error = outcome.exception()
+            if error is None:
+                return
+            if mine or not isinstance(error, builtins.TimeoutError) or left == 0.0:
+                raise error
+            # Another caller's close ran out of its time, and this one has some left.
 
     def _close_now(self, timeout: float | None) -> None:
         # Calls still queued for a helper thread then run and raise StoreClosedError
@@ -619,6 +647,13 @@ def _exit_rolling_back(cm: Any) -> None:
         pass
 
 
+def _take_outcome(outcome: asyncio.Future[None]) -> None:
+    """Fetch a close's outcome that no caller waits for any more, so that asyncio does
+    not log its error as never retrieved (the caller that started it raises it)."""
+    if not outcome.cancelled():
+        outcome.exception()
+
+
 def _close_unwanted(opening: asyncio.Future[AsyncStore]) -> None:
     """Close a store whose `open()` was cancelled: nobody else can (on a thread of its
     own, as closing waits for the writer)."""
@@ -626,7 +661,13 @@ def _close_unwanted(opening: asyncio.Future[AsyncStore]) -> None:
         return  # nothing was opened (and the error is taken, not logged as lost)
     astore = opening.result()
     astore._close_started = True
-    _start_thread(astore._close_now, None)
+    astore._closing = closing = _start_thread(astore._close_now, None)
+    closing.add_done_callback(_log_failed_close)
+
+
+def _log_failed_close(closing: Future[None]) -> None:
+    if closing.exception() is not None:
+        log.error("closing a store whose open() was cancelled failed", exc_info=closing.exception())
 
 
 def _start_thread(fn: Callable[..., None], *args: Any) -> Future[None]:

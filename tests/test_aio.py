@@ -259,6 +259,62 @@ def test_concurrent_closes_keep_their_own_timeouts(make_astore: Make) -> None:
         assert again.query("SELECT v FROM t") == [("kept",)]
 
 
+def test_close_after_a_close_that_timed_out(make_astore: Make) -> None:
+    """A close() whose own timeout ran out fails alone: a close() without a timeout,
+    made while it ran, tries again and waits until the store is closed."""
+    astore = make_astore()
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            hasty = asyncio.create_task(astore.close(timeout=0.05))
+            await spin()
+            patient = asyncio.create_task(astore.close())
+            with pytest.raises(safestore.TimeoutError):
+                await hasty
+            await spin()
+            assert not patient.done()
+        finally:
+            blocker.release()
+        await asyncio.wait_for(patient, WAIT)
+        assert astore.closed and astore.store.closed
+
+    run(main())
+
+
+def test_cut_short_closes_share_one_closing_thread(
+    make_astore: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() calls cut short while the engine is busy (asyncio.wait_for, their own
+    timeouts) wait for one closing thread rather than each starting another."""
+    astore = make_astore()
+    start_thread = aio._start_thread
+    started: list[Any] = []
+
+    def start_and_count(fn: Callable[..., None], *args: Any) -> Any:
+        started.append(args)
+        return start_thread(fn, *args)
+
+    monkeypatch.setattr(aio, "_start_thread", start_and_count)
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            for _ in range(10):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(astore.close(), 0.01)
+                with pytest.raises(safestore.TimeoutError):
+                    await astore.close(timeout=0.01)
+            assert started == [(None,)]
+        finally:
+            blocker.release()
+        await asyncio.wait_for(astore.close(), WAIT)
+        await astore.close()  # closed already: nothing more to start
+        assert started == [(None,)]
+
+    run(main())
+
+
 def test_open_classmethod(tmp_path: Path, backend: str, mode: str) -> None:
     """AsyncStore.open() opens on a helper thread and gives a working store."""
 
