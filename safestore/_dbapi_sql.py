@@ -215,6 +215,13 @@ def is_insert(sql: str) -> bool:
 
 
 @functools.lru_cache(maxsize=256)  # texts repeat; run on every write
+def is_upsert(sql: str) -> bool:
+    """Whether an INSERT may have an ON CONFLICT clause, which can update instead of
+    inserting. A false positive (the word inside a string) only costs a check."""
+    return "conflict" in sql.lower()
+
+
+@functools.lru_cache(maxsize=256)  # texts repeat; run on every write
 def savepoint_action(sql: str) -> tuple[str, str | None] | None:
     """("savepoint" | "release" | "rollback", name) for SAVEPOINT name, RELEASE
     [SAVEPOINT] name and ROLLBACK [TRANSACTION] TO [SAVEPOINT] name, with None for a

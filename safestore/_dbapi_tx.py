@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._backends._sqlite import makes_rowids
-from ._dbapi_sql import is_insert, starts_with_cte, uncounted
+from ._dbapi_sql import is_insert, is_upsert, starts_with_cte, uncounted
 from ._locked import LockEngine
 from ._requests import Run, TxSession
 from ._transaction import Transaction
@@ -321,7 +321,7 @@ class _RowidWatch:
         insert = is_insert(sql)
         self._inserts = insert or starts_with_cte(sql)  # it may insert rows
         self._counted = insert and not uncounted(sql)
-        compare = self._inserts and (not self._counted or "conflict" in sql.lower())
+        compare = self._inserts and (not self._counted or is_upsert(sql))
         self._before = _last_insert_rowid(conn) if compare else None
 
     def changed(self, rowcount: int, changes: int, many: bool) -> bool:

@@ -253,6 +253,35 @@ def test_insert_rowids_follow_schema_changes(tmp_path: Path, mode: str) -> None:
         assert store.insert("t", {"k": "c"}).lastrowid == 1
 
 
+def test_upsert_that_updates_reports_no_rowid(tmp_path: Path, mode: str) -> None:
+    """An upsert that updated instead of inserting leaves SQLite's last rowid at an
+    earlier insert's, here another caller's in the same group: its lastrowid is None.
+    One that inserted reports its row's, and so does a row whose rowid is 0."""
+    schema = (
+        "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER); CREATE TABLE o (id INTEGER PRIMARY KEY)"
+    )
+    upsert = "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+    cte = (
+        "WITH r(k, v) AS (VALUES (?, ?)) INSERT INTO kv (k, v) SELECT k, v FROM r WHERE true"
+        " ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+    )
+    with safestore.Store(db_path(tmp_path, "sqlite"), mode=mode, setup=schema) as store:
+        store.execute(upsert, ("a", 1))
+        gate, held = freeze(store)
+        other = store.insert("o", {"id": 999}, wait=False)
+        updated = store.execute(upsert, ("a", 2), wait=False)
+        gate.release()
+        assert held.result(WAIT) == "held"
+        assert other.result(WAIT).lastrowid == 999
+        assert (updated.result(WAIT).rowcount, updated.result(WAIT).lastrowid) == (1, None)
+        assert store.insert("o", {"id": 1000}).lastrowid == 1000
+        assert store.execute(cte, ("a", 3)).lastrowid is None
+        inserted = store.execute(upsert, ("b", 1))
+        assert inserted.lastrowid == store.query("SELECT rowid FROM kv WHERE k = 'b'")[0][0]
+        assert store.insert("o", {"id": 0}).lastrowid == 0
+        assert store.insert("o", [{"id": 5}, {"id": -7}]).lastrowid == -7
+
+
 def test_insert_rowids_follow_attached_schema_changes_made_elsewhere(
     tmp_path: Path, mode: str
 ) -> None:

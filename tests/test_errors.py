@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -161,6 +162,25 @@ def test_a_value_the_engine_cannot_bind_is_a_safestore_error(
         assert isinstance(info.value, safestore.DataError)
     store.insert("t", {"v": "ok"})
     assert count(store) == 1
+
+
+def test_binding_error_after_a_rowid_probe_is_the_binding_error(
+    make_store: Callable[..., safestore.Store], backend: str
+) -> None:
+    """safestore learns whether a table has rowids from a statement that fails on a
+    WITHOUT ROWID table; sqlite3 would report that failure in place of a later
+    binding error of a cached statement. The caller gets the binding error."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's rowid probe")
+    store = make_store(setup="CREATE TABLE w (a INTEGER PRIMARY KEY, b TEXT) WITHOUT ROWID")
+    store.insert("w", {"b": "x", "a": 1})  # sqlite3 caches this INSERT
+    for i, (value, builtin) in enumerate(
+        [({"k": 1}, sqlite3.ProgrammingError), (10**20, OverflowError)]
+    ):
+        store.execute(f"CREATE TABLE other{i} (x)")  # safestore forgets what it knew of w
+        with pytest.raises(builtin):
+            store.insert("w", {"b": value, "a": 2})
+    assert store.query("SELECT a FROM w") == [(1,)]
 
 
 def test_wrong_parameter_count(store: safestore.Store) -> None:

@@ -32,6 +32,7 @@ from .._dbapi_sql import (
     has_returning,
     insert_target,
     is_insert,
+    is_upsert,
     may_change_schema,
     savepoint_action,
     uncounted,
@@ -564,6 +565,9 @@ class SQLiteBackend:
                 self._forget_schema()
             if uncounted(request.sql):
                 return _execute_uncounted(conn, request)
+            insert = is_insert(request.sql)
+            # An upsert that updated instead of inserting leaves the last rowid as it was.
+            before = _last_insert_rowid(conn) if insert and is_upsert(request.sql) else None
             cur = conn.execute(request.sql, request.params)
             try:
                 rows = cur.fetchall()
@@ -571,7 +575,7 @@ class SQLiteBackend:
                 # statement; it belongs to this one only if it inserted rows, into a
                 # table that has rowids.
                 lastrowid = None
-                if cur.rowcount > 0 and is_insert(request.sql):
+                if cur.rowcount > 0 and insert and cur.lastrowid != before:
                     lastrowid = cur.lastrowid
                     target = insert_target(request.sql)
                     if target is not None and not self._rowid_of(conn, target)[0]:
@@ -598,7 +602,7 @@ class SQLiteBackend:
         if len(rows) == 1:  # the common case, without the chunking below
             cur = conn.execute(_insert_sql(req.table, req.columns, 1, ""), rows[0])
             inserted = cur.rowcount
-            return Result(inserted, (cur.lastrowid or None) if inserted > 0 and has_rowid else None)
+            return Result(inserted, cur.lastrowid if inserted > 0 and has_rowid else None)
         per_stmt = self._rows_per_statement(len(req.columns))
         inserted, lastrowid = 0, None
         for start in range(0, len(rows), per_stmt):
@@ -607,7 +611,7 @@ class SQLiteBackend:
             cur = conn.execute(sql, [v for row in chunk for v in row])
             if cur.rowcount > 0:
                 inserted += cur.rowcount
-                lastrowid = (cur.lastrowid or None) if has_rowid else None
+                lastrowid = cur.lastrowid if has_rowid else None
         return Result(inserted, lastrowid)
 
     # --- reads -----------------------------------------------------------------------
@@ -676,6 +680,10 @@ def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
         try:
             conn.execute(f"SELECT {alias} FROM {table} LIMIT 0").close()
         except sqlite3.OperationalError:  # a WITHOUT ROWID table
+            # The failure stays recorded on the connection, and sqlite3 would report it
+            # in place of the next statement's own error if that statement (cached)
+            # fails to bind a value: a statement that succeeds clears it.
+            conn.execute("SELECT 1").close()
             return (False, "")
     return (True, alias)
 
@@ -694,6 +702,11 @@ def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
     return value
 
 
+def _last_insert_rowid(conn: Any) -> int:
+    rowid: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    return rowid
+
+
 def makes_rowids(conn: Any, sql: str, params: Any) -> bool:
     """Whether the statement's program allocates rowids (it inserts into a rowid
     table). For a statement that changed rows and left the connection's last rowid as
@@ -707,7 +720,7 @@ def _execute_uncounted(conn: Any, request: Execute) -> Result:
     """A statement whose rows sqlite3 does not count (it reports -1): after a WITH
     clause (a query, or an INSERT, UPDATE or DELETE) or after an empty statement. Ask
     the engine for the count, and for the rowid if the statement moved it."""
-    rowid_before = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+    rowid_before = _last_insert_rowid(conn)
     changes_before = conn.total_changes
     cur = conn.execute(request.sql, request.params)
     try:
@@ -717,8 +730,12 @@ def _execute_uncounted(conn: Any, request: Execute) -> Result:
         # then it has changed some (total_changes also counts its triggers' rows).
         if rowcount == -1 and (cur.description is None or conn.total_changes != changes_before):
             rowcount, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
+            # A new row may get the very rowid reported before (EXPLAIN tells whether
+            # the statement makes rowids), except from an upsert, whose program always
+            # can, and whose update leaves the rowid as it was.
             inserted = rowcount > 0 and (
-                rowid != rowid_before or makes_rowids(conn, request.sql, request.params)
+                rowid != rowid_before
+                or (not is_upsert(request.sql) and makes_rowids(conn, request.sql, request.params))
             )
             return Result(rowcount, rowid if inserted else None, rows)
         return Result(rowcount, None, rows)
