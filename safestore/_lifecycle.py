@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -42,7 +43,32 @@ _orphaned: list[Any] = []
 _pinned = False  # whether _orphaned has its never-dropped reference
 
 
-@atexit.register
+_exit_hooks: list[Callable[[], None]] = []  # safestore's, in the order registered
+
+
+def exit_hook(fn: Callable[[], None]) -> Callable[[], None]:
+    """Register `fn` to run at interpreter exit (as `atexit.register`), among safestore's
+    hooks that `exit_hooks_first` keeps ahead of others."""
+    _exit_hooks.append(fn)
+    atexit.register(fn)
+    return fn
+
+
+def exit_hooks_first() -> None:
+    """Make safestore's exit hooks run before every other atexit hook registered so far.
+
+    atexit runs the hook registered last first. `import duckdb` registers DuckDB's own
+    cleanup, and safestore imports duckdb only when a DuckDB store opens, after its own
+    hooks: that cleanup would then run first, and make the statements the writers
+    still have to commit fail. Registered again (in their order), safestore's run
+    first, and DuckDB's cleanup after them.
+    """
+    for fn in _exit_hooks:
+        atexit.unregister(fn)
+        atexit.register(fn)
+
+
+@exit_hook
 def _close_all_at_exit() -> None:
     """Commit every accepted write of every store still open at interpreter exit.
 

@@ -20,13 +20,13 @@ See docs/migrating-from-sqlite3.md for every difference from sqlite3.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, Literal
 
+from . import _lifecycle
 from ._dbapi_conn import (
     LEGACY_TRANSACTION_CONTROL,
     Connection,
@@ -235,7 +235,7 @@ def _parse_uri(database: object, read_only: bool) -> tuple[str, bool]:
     return path or ":memory:", read_only
 
 
-@atexit.register
+@_lifecycle.exit_hook
 def _close_all_at_exit() -> None:
     """Roll back open thread transactions before the store's own exit hook commits.
 

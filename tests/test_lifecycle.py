@@ -832,6 +832,33 @@ def test_two_threads_closing_at_once_close_the_connection_once(store: safestore.
         assert count(again) == 1
 
 
+def test_exit_hooks_run_before_duckdbs(tmp_path: Path) -> None:
+    """safestore imports duckdb only when a DuckDB store opens, and `import duckdb`
+    registers DuckDB's exit cleanup, which would then run before safestore's exit hook
+    (atexit runs the last registered first) and fail writes still being committed.
+    safestore's hooks are moved ahead of every hook registered since it was imported:
+    one registered between the two imports runs after them, with the store closed."""
+    done = run_script(
+        """
+        import atexit, sys
+        import safestore
+        from safestore import _lifecycle
+
+        assert "duckdb" not in sys.modules
+        atexit.register(lambda: print("open stores:", len(_lifecycle.live), flush=True))
+        s = safestore.Store(sys.argv[1], setup="CREATE TABLE t (x INTEGER)")
+        assert "duckdb" in sys.modules
+        for i in range(1000):
+            s.insert("t", {"x": i}, wait=False)
+        """,
+        db_path(tmp_path, "duckdb"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "open stores: 0"
+    with safestore.Store(db_path(tmp_path, "duckdb")) as store:
+        assert store.query_one("SELECT count(*) FROM t") == (1000,)
+
+
 def test_exit_while_a_cancelled_async_close_goes_on(tmp_path: Path, backend: str) -> None:
     """A program whose AsyncStore.close() was cut short (asyncio.wait_for) exits while
     that close goes on in its thread: the exit hook closes the store too, and must wait

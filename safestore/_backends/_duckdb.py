@@ -45,6 +45,7 @@ from typing import Any
 
 import duckdb
 
+from .. import _lifecycle
 from .._dbapi_sql import has_returning
 from .._requests import Execute, ExecuteMany, Flush, Insert, Request, Result, Rows, Run
 from ..errors import (
@@ -61,6 +62,10 @@ from ..errors import (
 from . import Config
 from ._duckdb_group import GroupCommit
 from ._duckdb_guard import check_read
+
+# `import duckdb` (above, unless something imported it earlier) registered DuckDB's exit
+# cleanup after safestore's exit hooks, so that it would run first: put them back ahead.
+_lifecycle.exit_hooks_first()
 
 log = logging.getLogger("safestore")
 
