@@ -230,23 +230,30 @@ def test_close_with_a_bad_timeout_changes_nothing(make_astore: Make, bad: Any) -
     run(main())
 
 
-def test_concurrent_closes_keep_their_own_timeouts(make_astore: Make) -> None:
+@pytest.mark.parametrize("first", ["without a timeout", "with a short timeout"])
+def test_concurrent_closes_keep_their_own_timeouts(make_astore: Make, first: str) -> None:
     """Two tasks close at once while the engine is busy: each close() is bounded by
-    its own timeout, as Store.close() is, and one that waits without a timeout is not
-    handed the other's TimeoutError."""
+    its own timeout, as Store.close() is, whichever came first. One without a timeout
+    is not handed the other's TimeoutError: after a close that timed out, it tries
+    again, and waits until the store is closed."""
     astore = make_astore()
 
     async def main() -> None:
         await astore.insert("t", {"v": "kept", "n": 1})
         blocker = Blocker(astore)
         try:
-            patient = asyncio.create_task(astore.close())
-            await spin()
-            with pytest.raises(safestore.TimeoutError):
-                await astore.close(timeout=0.05)
-            hasty = asyncio.create_task(astore.close(timeout=0.05))
+            if first == "without a timeout":
+                patient = asyncio.create_task(astore.close())
+                await spin()
+                hasty = asyncio.create_task(astore.close(timeout=0.05))
+            else:
+                hasty = asyncio.create_task(astore.close(timeout=0.05))
+                await spin()
+                patient = asyncio.create_task(astore.close())
             with pytest.raises(safestore.TimeoutError):
                 await hasty
+            with pytest.raises(safestore.TimeoutError):
+                await astore.close(timeout=0.05)
             await spin()
             assert not patient.done()
         finally:
@@ -257,29 +264,6 @@ def test_concurrent_closes_keep_their_own_timeouts(make_astore: Make) -> None:
     run(main())
     with safestore.Store(astore.path, backend=astore.backend) as again:  # type: ignore[arg-type]
         assert again.query("SELECT v FROM t") == [("kept",)]
-
-
-def test_close_after_a_close_that_timed_out(make_astore: Make) -> None:
-    """A close() whose own timeout ran out fails alone: a close() without a timeout,
-    made while it ran, tries again and waits until the store is closed."""
-    astore = make_astore()
-
-    async def main() -> None:
-        blocker = Blocker(astore)
-        try:
-            hasty = asyncio.create_task(astore.close(timeout=0.05))
-            await spin()
-            patient = asyncio.create_task(astore.close())
-            with pytest.raises(safestore.TimeoutError):
-                await hasty
-            await spin()
-            assert not patient.done()
-        finally:
-            blocker.release()
-        await asyncio.wait_for(patient, WAIT)
-        assert astore.closed and astore.store.closed
-
-    run(main())
 
 
 def test_cut_short_closes_share_one_closing_thread(

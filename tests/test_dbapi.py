@@ -186,6 +186,20 @@ def test_rowcount_and_lastrowid(conn: dbapi.Connection, backend: str) -> None:
     assert conn.execute("DELETE FROM t WHERE v = 'zzz'").rowcount == 0
 
 
+def as_in_sqlite3(
+    script: Callable[[Any], list[Any]], connect: Callable[..., dbapi.Connection], tmp_path: Path
+) -> list[Any]:
+    """Run `script` on a plain sqlite3 connection and on ours (fresh files); check they
+    saw the same, and return it."""
+    plain = sqlite3.connect(tmp_path / "plain.db")
+    try:
+        expected = script(plain)
+    finally:
+        plain.close()
+    assert script(connect(tmp_path / "ours.db")) == expected
+    return expected
+
+
 def test_lastrowid_around_executemany_is_sqlite3s(
     connect: Callable[..., dbapi.Connection], backend: str, tmp_path: Path
 ) -> None:
@@ -212,13 +226,7 @@ def test_lastrowid_around_executemany_is_sqlite3s(
         conn.commit()
         return seen
 
-    plain = sqlite3.connect(tmp_path / "plain.db")
-    try:
-        expected = script(plain)
-    finally:
-        plain.close()
-    assert expected == [None, 1, 1, 3, None, 5]
-    assert script(connect(tmp_path / "ours.db")) == expected
+    assert as_in_sqlite3(script, connect, tmp_path) == [None, 1, 1, 3, None, 5]
 
 
 def test_cursor_state_around_executescript_and_empty_statements_is_sqlite3s(
@@ -246,13 +254,8 @@ def test_cursor_state_around_executescript_and_empty_statements_is_sqlite3s(
         seen += [cur.lastrowid, cur.rowcount, cur.description, cur.fetchall()]
         return seen
 
-    plain = sqlite3.connect(tmp_path / "plain.db")
-    try:
-        expected = script(plain)
-    finally:
-        plain.close()
+    expected = as_in_sqlite3(script, connect, tmp_path)
     assert expected[:2] == [None, -1] and expected[2] == 2
-    assert script(connect(tmp_path / "ours.db")) == expected
 
 
 def test_returning(conn: dbapi.Connection) -> None:
