@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -44,6 +45,9 @@ _pinned = False  # whether _orphaned has its never-dropped reference
 
 
 _exit_hooks: list[Callable[[], None]] = []  # safestore's, in the order registered
+#: Whether duckdb was imported before safestore: its exit cleanup then runs after
+#: safestore's hooks already (atexit runs the hook registered last first).
+duckdb_imported_first = "duckdb" in sys.modules
 
 
 def exit_hook(fn: Callable[[], None]) -> Callable[[], None]:
@@ -61,7 +65,8 @@ def exit_hooks_first() -> None:
     cleanup, and safestore imports duckdb only when a DuckDB store opens, after its own
     hooks: that cleanup would then run first, and make the statements the writers
     still have to commit fail. Registered again (in their order), safestore's run
-    first, and DuckDB's cleanup after them.
+    first, and DuckDB's cleanup after them. (So do hooks registered between the two
+    imports: docs/concurrency.md tells users to register theirs after opening.)
     """
     for fn in _exit_hooks:
         atexit.unregister(fn)

@@ -832,19 +832,23 @@ def test_two_threads_closing_at_once_close_the_connection_once(store: safestore.
         assert count(again) == 1
 
 
-def test_exit_hooks_run_before_duckdbs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("duckdb_first", [False, True], ids=["safestore first", "duckdb first"])
+def test_exit_hooks_run_before_duckdbs(tmp_path: Path, duckdb_first: bool) -> None:
     """safestore imports duckdb only when a DuckDB store opens, and `import duckdb`
     registers DuckDB's exit cleanup, which would then run before safestore's exit hook
     (atexit runs the last registered first) and fail writes still being committed.
-    safestore's hooks are moved ahead of every hook registered since it was imported:
-    one registered between the two imports runs after them, with the store closed."""
+    safestore's hooks are then moved ahead of every hook registered since it was
+    imported: one registered between the two imports runs after them, with the store
+    closed. When duckdb was imported first, nothing needs moving, and that hook still
+    runs before safestore's, with the store open."""
     done = run_script(
         """
         import atexit, sys
+        if sys.argv[2] == "True":
+            import duckdb
         import safestore
         from safestore import _lifecycle
 
-        assert "duckdb" not in sys.modules
         atexit.register(lambda: print("open stores:", len(_lifecycle.live), flush=True))
         s = safestore.Store(sys.argv[1], setup="CREATE TABLE t (x INTEGER)")
         assert "duckdb" in sys.modules
@@ -852,9 +856,10 @@ def test_exit_hooks_run_before_duckdbs(tmp_path: Path) -> None:
             s.insert("t", {"x": i}, wait=False)
         """,
         db_path(tmp_path, "duckdb"),
+        str(duckdb_first),
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "open stores: 0"
+    assert done.stdout.strip() == f"open stores: {1 if duckdb_first else 0}"
     with safestore.Store(db_path(tmp_path, "duckdb")) as store:
         assert store.query_one("SELECT count(*) FROM t") == (1000,)
 

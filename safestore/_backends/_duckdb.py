@@ -63,9 +63,10 @@ from . import Config
 from ._duckdb_group import GroupCommit
 from ._duckdb_guard import check_read
 
-# `import duckdb` (above, unless something imported it earlier) registered DuckDB's exit
+# Unless duckdb was imported before safestore, `import duckdb` registered DuckDB's exit
 # cleanup after safestore's exit hooks, so that it would run first: put them back ahead.
-_lifecycle.exit_hooks_first()
+if not _lifecycle.duckdb_imported_first:
+    _lifecycle.exit_hooks_first()
 
 log = logging.getLogger("safestore")
 
