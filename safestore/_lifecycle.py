@@ -45,17 +45,24 @@ _pinned = False  # whether _orphaned has its never-dropped reference
 
 
 _exit_hooks: list[Callable[[], None]] = []  # safestore's, in the order registered
+_exit_hooks_run: set[Callable[[], None]] = set()
 #: Whether duckdb was imported before safestore: its exit cleanup then runs after
 #: safestore's hooks already (atexit runs the hook registered last first).
 duckdb_imported_first = "duckdb" in sys.modules
 
 
 def exit_hook(fn: Callable[[], None]) -> Callable[[], None]:
-    """Register `fn` to run at interpreter exit (as `atexit.register`), among safestore's
-    hooks that `exit_hooks_first` keeps ahead of others."""
+    """Register `fn` to run once at interpreter exit (as `atexit.register`), among
+    safestore's hooks that `exit_hooks_first` can run ahead of others."""
     _exit_hooks.append(fn)
-    atexit.register(fn)
+    atexit.register(_run_once, fn)
     return fn
+
+
+def _run_once(fn: Callable[[], None]) -> None:
+    if fn not in _exit_hooks_run:  # atexit runs hooks one at a time, in one thread
+        _exit_hooks_run.add(fn)
+        fn()
 
 
 def exit_hooks_first() -> None:
@@ -64,13 +71,20 @@ def exit_hooks_first() -> None:
     atexit runs the hook registered last first. `import duckdb` registers DuckDB's own
     cleanup, and safestore imports duckdb only when a DuckDB store opens, after its own
     hooks: that cleanup would then run first, and make the statements the writers
-    still have to commit fail. Registered again (in their order), safestore's run
-    first, and DuckDB's cleanup after them. (So do hooks registered between the two
-    imports: docs/concurrency.md tells users to register theirs after opening.)
+    still have to commit fail. One more hook, registered now, runs safestore's in
+    their order, first; where they were registered first, they then do nothing. (So
+    hooks registered between the two imports run after safestore's: docs/concurrency.md
+    tells users to register theirs after opening the store.)
+
+    Nothing is unregistered: during exit (a DuckDB store first opened by an atexit
+    hook), atexit skips hooks registered meanwhile, and the original ones must still run.
     """
-    for fn in _exit_hooks:
-        atexit.unregister(fn)
-        atexit.register(fn)
+    atexit.register(_run_all)
+
+
+def _run_all() -> None:
+    for fn in reversed(_exit_hooks):  # the order atexit would run them in
+        _run_once(fn)
 
 
 @exit_hook

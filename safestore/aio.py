@@ -419,7 +419,12 @@ class AsyncStore:
         self._close_started = True
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0.0:  # only after another caller's failed
+                raise TimeoutError(
+                    f"the store was still closing after {timeout:g}s (another task's "
+                    "close timed out); it goes on in the background"
+                )
             with self._close_lock:
                 closing = self._closing
                 mine = closing is None or (closing.done() and closing.exception() is not None)
@@ -434,13 +439,13 @@ class AsyncStore:
                     outcome.add_done_callback(_take_outcome)
             if not outcome.done():  # another caller's close, still going: our time is up
                 raise TimeoutError(
-                    f"the store was still closing after {timeout:.1f}s (another task's "
+                    f"the store was still closing after {timeout:g}s (another task's "
                     "close); it goes on in the background"
                 )
             error = outcome.exception()
             if error is None:
                 return
-            if mine or not isinstance(error, builtins.TimeoutError) or left == 0.0:
+            if mine or not isinstance(error, builtins.TimeoutError):
                 raise error
             # Another caller's close ran out of its time, and this one has some left.
 

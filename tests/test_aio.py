@@ -8,6 +8,7 @@ import gc
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -264,6 +265,41 @@ def test_concurrent_closes_keep_their_own_timeouts(make_astore: Make, first: str
     run(main())
     with safestore.Store(astore.path, backend=astore.backend) as again:  # type: ignore[arg-type]
         assert again.query("SELECT v FROM t") == [("kept",)]
+
+
+def test_close_whose_time_is_up_when_another_times_out(
+    make_astore: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close() that waits on another task's close, and whose own time is up by the
+    moment that one times out, raises TimeoutError (it does not try again with no
+    time left)."""
+    astore = make_astore()
+    ahead = [0.0]
+
+    class Clock:  # AsyncStore's view of time; the event loop keeps the real one
+        @staticmethod
+        def monotonic() -> float:
+            return time.monotonic() + ahead[0]
+
+    monkeypatch.setattr(aio, "time", Clock)
+
+    async def main() -> None:
+        blocker = Blocker(astore)
+        try:
+            hasty = asyncio.create_task(astore.close(timeout=0.05))
+            await spin()
+            later = asyncio.create_task(astore.close(timeout=WAIT))
+            await spin()
+            ahead[0] = 2 * WAIT  # the later one's deadline has passed, as far as it knows
+            with pytest.raises(safestore.TimeoutError):
+                await hasty
+            with pytest.raises(safestore.TimeoutError, match="still closing"):
+                await later
+        finally:
+            blocker.release()
+        await asyncio.wait_for(astore.close(), WAIT)
+
+    run(main())
 
 
 def test_cut_short_closes_share_one_closing_thread(

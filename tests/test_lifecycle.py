@@ -864,6 +864,32 @@ def test_exit_hooks_run_before_duckdbs(tmp_path: Path, duckdb_first: bool) -> No
         assert store.query_one("SELECT count(*) FROM t") == (1000,)
 
 
+def test_duckdb_store_first_opened_during_exit_is_closed(tmp_path: Path) -> None:
+    """A program's own atexit hook opens its first DuckDB store (so duckdb is imported
+    during exit) and queues writes: safestore's exit hooks still run after it, and
+    commit them."""
+    done = run_script(
+        """
+        import atexit, sys
+        import safestore
+
+        kept = []
+
+        def at_exit():
+            s = safestore.Store(sys.argv[1], setup="CREATE TABLE t (x INTEGER)")
+            for i in range(1000):
+                s.insert("t", {"x": i}, wait=False)
+            kept.append(s)
+
+        atexit.register(at_exit)
+        """,
+        db_path(tmp_path, "duckdb"),
+    )
+    assert done.returncode == 0, done.stderr
+    with safestore.Store(db_path(tmp_path, "duckdb")) as store:
+        assert store.query_one("SELECT count(*) FROM t") == (1000,)
+
+
 def test_exit_while_a_cancelled_async_close_goes_on(tmp_path: Path, backend: str) -> None:
     """A program whose AsyncStore.close() was cut short (asyncio.wait_for) exits while
     that close goes on in its thread: the exit hook closes the store too, and must wait
