@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._backends._sqlite import makes_rowids
+from ._backends._sqlite import last_insert_rowid, makes_rowids
 from ._dbapi_sql import is_insert, is_upsert, starts_with_cte, uncounted
 from ._locked import LockEngine
 from ._requests import Run, TxSession
@@ -295,7 +295,7 @@ def _run_sqlite(conn: Any, sql: str, params: Any, many: bool, rowid: _RowidWatch
         changes = conn.total_changes - changes_before
         lastrowid = None
         if rowid.changed(rowcount, changes, many):
-            after = _last_insert_rowid(conn) if many else cur.lastrowid
+            after = last_insert_rowid(conn) if many else cur.lastrowid
             lastrowid = rowid.new(after, None if many else params)
         return Outcome(rows, description, rowcount, lastrowid, changes)
     finally:
@@ -322,7 +322,7 @@ class _RowidWatch:
         self._inserts = insert or starts_with_cte(sql)  # it may insert rows
         self._counted = insert and not uncounted(sql)
         compare = self._inserts and (not self._counted or is_upsert(sql))
-        self._before = _last_insert_rowid(conn) if compare else None
+        self._before = last_insert_rowid(conn) if compare else None
 
     def changed(self, rowcount: int, changes: int, many: bool) -> bool:
         """Whether the statement changed rows of its own, not only its triggers'."""
@@ -360,13 +360,8 @@ def run_sqlite_keeping(conn: Any, sql: str, params: Any, many: bool) -> Outcome:
         changes = conn.total_changes - changes_before
         if not conn.in_transaction or changes == 0:
             raise
-        lastrowid = rowid.new(_last_insert_rowid(conn), None)
+        lastrowid = rowid.new(last_insert_rowid(conn), None)
         return Outcome([], None, -1, lastrowid, changes, exc)
-
-
-def _last_insert_rowid(conn: Any) -> int:
-    rowid: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-    return rowid
 
 
 def duckdb_params(params: Any) -> Any:

@@ -567,7 +567,7 @@ class SQLiteBackend:
                 return _execute_uncounted(conn, request)
             insert = is_insert(request.sql)
             # An upsert that updated instead of inserting leaves the last rowid as it was.
-            before = _last_insert_rowid(conn) if insert and is_upsert(request.sql) else None
+            before = last_insert_rowid(conn) if insert and is_upsert(request.sql) else None
             cur = conn.execute(request.sql, request.params)
             try:
                 rows = cur.fetchall()
@@ -646,24 +646,30 @@ _VIRTUAL = re.compile(r"\s*create\s+virtual\b", re.IGNORECASE)
 _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 
 
+def _split_table(table: str) -> tuple[str | None, str]:
+    """(schema or None, name), each still quoted, of ``"name"`` or ``"schema"."name"``."""
+    *schema, name = _QUOTED.findall(table)
+    return (schema[0] if schema else None), name
+
+
 def _in_attached(table: str) -> bool:
     """Whether `table` (quoted) is named with the schema of an attached database."""
-    *schema, _ = _QUOTED.findall(table)
-    return bool(schema) and unquote_identifier(schema[0]).lower() not in ("main", "temp")
+    schema = _split_table(table)[0]
+    return schema is not None and unquote_identifier(schema).lower() not in ("main", "temp")
 
 
 def _probe_rowid(conn: Any, table: str) -> tuple[bool, str] | None:
     """Whether inserts into `table` (quoted, possibly as ``"schema"."name"``) report
     their rowid, and a name that selects it (the first of SQLite's three aliases that
     no column shadows, "" if all are), or None if no such table or view exists."""
-    *schema, name = _QUOTED.findall(table)
+    schema, name = _split_table(table)
     raw = unquote_identifier(name)
     args: tuple[str, ...]
-    if schema:
+    if schema is not None:
         columns = conn.execute(
-            "SELECT name FROM pragma_table_xinfo(?, ?)", (raw, unquote_identifier(schema[0]))
+            "SELECT name FROM pragma_table_xinfo(?, ?)", (raw, unquote_identifier(schema))
         )
-        kind_sql, args = _KIND_IN_SCHEMA_SQL.format(schema=schema[0]), (raw,)
+        kind_sql, args = _KIND_IN_SCHEMA_SQL.format(schema=schema), (raw,)
     else:
         columns = conn.execute("SELECT name FROM pragma_table_xinfo(?)", (raw,))
         kind_sql, args = _KIND_SQL, (raw, raw)
@@ -702,7 +708,8 @@ def _all_or_nothing(conn: Any, fn: Callable[[], T]) -> T:
     return value
 
 
-def _last_insert_rowid(conn: Any) -> int:
+def last_insert_rowid(conn: Any) -> int:
+    """The connection's last inserted rowid (an earlier statement's, perhaps)."""
     rowid: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     return rowid
 
@@ -720,7 +727,7 @@ def _execute_uncounted(conn: Any, request: Execute) -> Result:
     """A statement whose rows sqlite3 does not count (it reports -1): after a WITH
     clause (a query, or an INSERT, UPDATE or DELETE) or after an empty statement. Ask
     the engine for the count, and for the rowid if the statement moved it."""
-    rowid_before = _last_insert_rowid(conn)
+    rowid_before = last_insert_rowid(conn)
     changes_before = conn.total_changes
     cur = conn.execute(request.sql, request.params)
     try:
